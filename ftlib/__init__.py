@@ -1,0 +1,41 @@
+"""ftlib: a small reference library for fine-tuning pretrained models, offline on a CPU.
+
+One module per step of the course:
+
+1. ``ftlib.models``   choose a pretrained model (registry, parameter counts)
+2. ``ftlib.data``     prepare the data (real data sets, clean splits, batches)
+3. ``ftlib.weights``  load the weights and check they loaded
+4. ``ftlib.heads``    modify the model (new head, dropout); ``ftlib.freezing`` freezes layers
+5. ``ftlib.optim``    hyperparameters (parameter groups, schedules, LR finder)
+6. ``ftlib.train``    train while monitoring (``fit``, early stopping)
+7. ``ftlib.evaluate`` evaluate on the held-out test set, once
+
+``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``).
+Names are imported lazily so ``import ftlib`` stays cheap (no torch until needed).
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MODELS": "models", "load_model": "models", "load_tokenizer": "models",
+    "count_parameters": "models", "get_model_spec": "models",
+    "DATASETS": "data", "load_dataset": "data", "split_dataset": "data",
+    "stratified_split": "data", "make_loader": "data", "prepare_images": "data", "collate_text": "data",
+    "load_pretrained_weights": "weights", "top_k_classes": "weights", "sanity_check_imagenet": "weights",
+    "replace_head": "heads", "set_dropout": "heads",
+    "freeze_backbone": "freezing", "freeze_up_to": "freezing", "unfreeze": "freezing",
+    "set_frozen_batchnorm_eval": "freezing", "GradualUnfreezing": "freezing",
+    "param_groups": "optim", "make_scheduler": "optim", "lr_range_test": "optim",
+    "fit": "train", "train_one_epoch": "train", "evaluate": "train", "EarlyStopping": "train",
+    "HeldOutTest": "evaluate", "confusion_matrix": "evaluate", "macro_f1": "evaluate",
+    "finetune": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f"ftlib.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ftlib' has no attribute {name!r}")

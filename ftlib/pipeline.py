@@ -1,0 +1,189 @@
+"""The seven steps end to end: what ``ftlib finetune`` runs.
+
+1. choose a model  2. prepare the data  3. load the weights  4. modify the model
+5. set hyperparameters  6. train while monitoring  7. evaluate on the test set, once.
+
+Each step prints what it did; the run writes ``metrics.json`` and PNG plots into an
+output folder. This module only wires the steps together: every piece lives in the
+module of its step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
+
+TASK_DEFAULTS = {
+    "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "epochs": 3, "lr": 1e-4},
+    "image": {"model": "efficientnet-lite0", "dataset": "fashion-mnist", "epochs": 3, "lr": 1e-3},
+}
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run; ``None`` means "the task's default"."""
+
+    task: str = "text"
+    model: str | None = None
+    dataset: str | None = None
+    technique: str = "full"
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int = 32
+    seed: int = 0
+    max_length: int = 64
+    image_size: int | None = None
+    out: str | None = None
+    allow_download: bool = False
+    progress: bool = True
+
+    def resolved(self) -> "FinetuneConfig":
+        """Fill in defaults and validate every field, with messages naming the option."""
+        from ftlib.data import DATASETS
+        from ftlib.models import get_model_spec
+
+        if self.task not in TASK_DEFAULTS:
+            raise ValueError(f"--task must be one of {sorted(TASK_DEFAULTS)}; got {self.task!r}.")
+        values = asdict(self)
+        for key, default in TASK_DEFAULTS[self.task].items():
+            if values[key] is None:
+                values[key] = default
+        cfg = FinetuneConfig(**values)
+        spec = get_model_spec(cfg.model, allow_download=cfg.allow_download)
+        if cfg.dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
+        data_spec = DATASETS[cfg.dataset]
+        if spec.task != data_spec.task:
+            raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but dataset {cfg.dataset!r} is a "
+                             f"{data_spec.task} task; pick a {data_spec.task} model (see `ftlib models`).")
+        for key, size in zip(("train_size", "val_size", "test_size"), data_spec.sizes):
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, size)
+        for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
+            value = getattr(cfg, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
+        if not cfg.lr > 0:
+            raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+        if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
+            raise ValueError(f"--image-size must be a multiple of 32 (64, 96, 224...); got {cfg.image_size!r}.")
+        from ftlib.techniques import TECHNIQUES
+
+        if cfg.technique not in TECHNIQUES:
+            raise ValueError(f"--technique must be one of {sorted(TECHNIQUES)}; got {cfg.technique!r}.")
+        return cfg
+
+
+def build_loaders(cfg: FinetuneConfig, splits, tokenizer=None):
+    """Train (shuffled, seeded), validation and test loaders for ``cfg``."""
+    from ftlib.data import make_loader
+
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, tokenizer=tokenizer,
+                  max_length=cfg.max_length, image_size=cfg.image_size)
+    return (make_loader(splits.train, cfg.model, shuffle=True, **common),
+            make_loader(splits.val, cfg.model, **common),
+            make_loader(splits.test, cfg.model, **common))
+
+
+def _peak_memory_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None] = print, **options) -> dict:
+    """Run the seven steps and return the metrics (also written to ``<out>/metrics.json``).
+
+    Pass a :class:`FinetuneConfig` or its fields as keyword arguments, e.g.
+    ``finetune(task="image", train_size=500)``.
+    """
+    from ftlib import data as data_mod
+    from ftlib.evaluate import HeldOutTest, plot_confusion_matrix, plot_history
+    from ftlib.freezing import trainable_summary
+    from ftlib.models import get_model_spec, load_model, load_tokenizer
+    from ftlib.techniques import TECHNIQUES
+    from ftlib.train import set_seed
+
+    cfg = (config or FinetuneConfig(**options)).resolved()
+    started = time.perf_counter()
+    out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}-{cfg.dataset}-{cfg.technique}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    spec = get_model_spec(cfg.model, allow_download=cfg.allow_download)
+    log(f"[1/7] Model: {spec.name} - {spec.description}; {spec.num_parameters} parameters; "
+        f"input {spec.input_size}; weights: {spec.source}")
+
+    raw = data_mod.load_dataset(cfg.dataset)
+    splits = data_mod.split_dataset(raw, train_size=cfg.train_size, val_size=cfg.val_size,
+                                    test_size=cfg.test_size, seed=cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, allow_download=cfg.allow_download) if spec.task == "text" else None
+    train_loader, val_loader, test_loader = build_loaders(cfg, splits, tokenizer)
+    log(f"[2/7] Data: {cfg.dataset}, {len(raw):,} examples, classes {raw.class_names}; split (deduplicated, "
+        f"stratified{', grouped by movie' if raw.groups is not None else ''}, seed {cfg.seed}) into "
+        f"train {len(splits.train)} / validation {len(splits.val)} / test {len(splits.test)}")
+
+    set_seed(cfg.seed)  # the new head's initial weights depend on it
+    num_classes = len(raw.class_names)
+    model, report = load_model(cfg.model, num_classes, allow_download=cfg.allow_download, return_report=True)
+    log("[3/7] Weights: " + (report.describe().replace("\n", "\n      ") if report else "random initialisation (no pretrained weights)"))
+    log(f"[4/7] Head: new {num_classes}-class classifier; {trainable_summary(model)}")
+
+    technique = TECHNIQUES[cfg.technique]
+    log(f"[5/7] Hyperparameters: technique {cfg.technique} ({technique.description}); lr {cfg.lr}, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, AdamW, weight decay 0.01 (not on biases/norms), "
+        f"linear warmup 10% then decay")
+    log(f"[6/7] Training on {len(splits.train)} examples ({len(train_loader)} batches per epoch)...")
+    result = technique.run(model, train_loader, val_loader, cfg)
+    history = result["history"]
+    for e in history.to_list():
+        log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f} acc {e['train_accuracy']:.3f} | "
+            f"val loss {e['val_loss']:.4f} acc {e['val_accuracy']:.3f} | {e['seconds']:.1f}s")
+    model = result.get("model", model)
+
+    test = HeldOutTest(test_loader, raw.class_names)
+    metrics_test = result["test"](test) if "test" in result else test.evaluate(model, progress=cfg.progress)
+    low, high = metrics_test["accuracy_95ci"]
+    log(f"[7/7] Test (touched once, {metrics_test['num_examples']} examples): accuracy {metrics_test['accuracy']:.4f} "
+        f"(95% CI {low:.3f}-{high:.3f}), macro F1 {metrics_test['macro_f1']:.4f}")
+
+    metrics = {
+        "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task, "technique": cfg.technique,
+        "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test),
+        "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
+        "trainable_parameters": result.get("trainable_parameters"),
+        "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
+        "class_names": raw.class_names,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _save_plots(history, metrics_test, raw.class_names, out)
+    log(f"Done in {metrics['total_seconds']:.0f}s (peak memory {metrics['peak_memory_mb']:.0f} MB). "
+        f"Results: {out / 'metrics.json'}, plots: {out / 'learning_curves.png'}, {out / 'confusion_matrix.png'}")
+    metrics["out"] = str(out)
+    return metrics
+
+
+def _save_plots(history, metrics_test: dict, class_names, out: Path) -> None:
+    import matplotlib
+
+    if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")  # files only; no window needed
+    import matplotlib.pyplot as plt
+
+    from ftlib.evaluate import plot_confusion_matrix, plot_history
+
+    if len(history):
+        ax = plot_history(history, path=out / "learning_curves.png")
+        plt.close(ax[0].figure)
+    ax = plot_confusion_matrix(metrics_test["confusion_matrix"], class_names, path=out / "confusion_matrix.png")
+    plt.close(ax.figure)

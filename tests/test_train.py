@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torch import nn
+
+from ftlib.models import load_model
+from ftlib.train import EarlyStopping, History, evaluate, fit, logits_and_labels, train_one_epoch
+from conftest import make_image_loader
+
+
+def test_fit_learns_and_records_history(tiny_cnn):
+    train, val = make_image_loader(n=96, seed=0), make_image_loader(n=48, seed=1)
+    history = fit(tiny_cnn, train, val, epochs=4, lr=3e-3, progress=False, head_lr_multiplier=1)
+    assert len(history) == 4
+    assert set(History.KEYS) <= set(history[0])
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] > 0.6  # three classes: chance is 0.33
+    assert all(e["seconds"] > 0 for e in history.to_list())
+
+
+def test_same_seed_same_history():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = load_model("tiny-cnn", num_classes=3)
+        runs.append(fit(model, make_image_loader(), make_image_loader(seed=1), epochs=2, lr=1e-2, progress=False,
+                        seed=7).to_list())
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(runs[0]) == strip(runs[1])
+
+
+def test_early_stopping_restores_best_weights(tiny_cnn):
+    train, val = make_image_loader(n=96), make_image_loader(n=48, seed=1)
+    # A huge learning rate diverges after a good first epoch or two.
+    history = fit(tiny_cnn, train, val, epochs=8, lr=0.5, schedule="constant", warmup=0.0, patience=2,
+                  clip_grad_norm=None, progress=False, monitor="val_accuracy")
+    best = history.best_epoch
+    assert history.stopped_early or len(history) == 8
+    final = evaluate(tiny_cnn, val)
+    assert final["accuracy"] == pytest.approx(history[best]["val_accuracy"])
+
+
+def test_early_stopping_counts_patience():
+    stopper = EarlyStopping(patience=2, min_delta=0.1)
+    assert [stopper.step(v) for v in [1.0, 0.95, 0.8, 0.85, 0.79]] == [False, False, False, False, True]
+    assert stopper.best_ == 0.8 and stopper.best_epoch_ == 2
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(patience=0)
+    with pytest.raises(ValueError, match="mode"):
+        EarlyStopping(mode="up")
+
+
+def test_train_one_epoch_zeroes_gradients_and_steps_scheduler(tiny_cnn, image_loader):
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    result = train_one_epoch(tiny_cnn, image_loader, optimizer, nn.CrossEntropyLoss(), scheduler)
+    assert result["steps"] == len(image_loader)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** len(image_loader))
+    assert 0 <= result["accuracy"] <= 1 and result["loss"] > 0
+
+
+def test_evaluate_restores_mode_and_uses_no_grad(tiny_cnn, image_loader):
+    tiny_cnn.train()
+    result = evaluate(tiny_cnn, image_loader)
+    assert tiny_cnn.training
+    assert len(result["y_pred"]) == sum(len(b["labels"]) for b in image_loader)
+    assert all(p.grad is None for p in tiny_cnn.parameters())
+
+
+def test_penalty_is_added_to_the_objective(tiny_cnn, image_loader):
+    calls = []
+
+    def penalty(model):
+        calls.append(1)
+        return sum((p ** 2).sum() for p in model.parameters()) * 0.0
+
+    fit(tiny_cnn, image_loader, None, epochs=1, penalty=penalty, progress=False)
+    assert len(calls) == len(image_loader)
+
+
+def test_bad_inputs_get_clear_errors(tiny_cnn, image_loader):
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        fit(tiny_cnn, image_loader, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="lr must be a number > 0"):
+        fit(tiny_cnn, image_loader, lr=0, progress=False)
+    with pytest.raises(TypeError, match="dicts with a 'labels' entry"):
+        logits_and_labels(tiny_cnn, (torch.randn(1, 3, 8, 8), torch.tensor([0])))
