@@ -14,7 +14,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,7 @@ class FinetuneConfig:
     out: str | None = None
     allow_download: bool = False
     progress: bool = True
+    technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
 
     def resolved(self) -> "FinetuneConfig":
         """Fill in defaults and validate every field, with messages naming the option."""
@@ -108,7 +109,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     ``finetune(task="image", train_size=500)``.
     """
     from ftlib import data as data_mod
-    from ftlib.evaluate import HeldOutTest, plot_confusion_matrix, plot_history
+    from ftlib.evaluate import HeldOutTest
     from ftlib.freezing import trainable_summary
     from ftlib.models import get_model_spec, load_model, load_tokenizer
     from ftlib.techniques import TECHNIQUES

@@ -1,8 +1,6 @@
-import math
 
 import pytest
 import torch
-from torch import nn
 
 from ftlib.freezing import freeze_up_to
 from ftlib.models import load_model

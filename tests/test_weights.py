@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ftlib.models import TinyCNN
-from ftlib.weights import LoadReport, load_pretrained_weights, top_k_classes
+from ftlib.weights import load_pretrained_weights, top_k_classes
 
 
 def test_load_reports_new_head_as_expected():

@@ -1,5 +1,4 @@
 """The real pretrained models and data sets, loaded offline (slower; marked integration)."""
-import numpy as np
 import pytest
 import torch
 
