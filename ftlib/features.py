@@ -1,0 +1,272 @@
+"""Feature extraction: a frozen pretrained backbone as a fixed feature function.
+
+The cheapest way to use a pretrained model: run it once over the data, keep one vector
+per example, and train a classical classifier (scikit-learn's LogisticRegression) on
+those vectors. No gradient ever reaches the backbone, so it cannot forget anything, and
+a second classifier on the same features costs seconds, not minutes.
+
+* text: the token states of the last encoder layer, averaged over the real tokens
+  (the attention mask leaves padding out): "mean pooling", what sentence encoders such
+  as all-MiniLM-L6-v2 were trained to produce;
+* images: the globally pooled feature map, i.e. exactly what the classification head
+  receives (captured with a forward pre-hook on the head).
+
+Features are computed in eval mode (Dropout off, BatchNorm on its pretrained
+statistics) under ``torch.no_grad()`` and returned as NumPy arrays ``(X, y)``.
+:func:`cached_features` stores them in an ``.npz`` file keyed by model, data and seed.
+
+Fine-tuning lives in ``ftlib.train``; the techniques that use these pieces are in
+``ftlib.techniques``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ftlib.heads import find_head
+
+__all__ = [
+    "mean_pool",
+    "text_encoder",
+    "extract_features",
+    "head_inputs",
+    "feature_cache_path",
+    "cached_features",
+    "fit_classifier",
+    "ProbeModel",
+]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token states over the positions where ``attention_mask`` is 1.
+
+    ``hidden`` is (B, T, H), ``attention_mask`` (B, T); returns (B, H). Padding does not
+    count, so a short text padded to the batch's longest gets the same vector as alone.
+    """
+    if hidden.ndim != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"expected hidden (B, T, H) and attention_mask (B, T); got {tuple(hidden.shape)} "
+                         f"and {tuple(attention_mask.shape)}.")
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def text_encoder(model: nn.Module) -> nn.Module:
+    """The transformer body of a Hugging Face classifier (``model.bert`` for BERT).
+
+    A model that is already a body (``BertModel``) is returned as is.
+    """
+    prefix = getattr(model, "base_model_prefix", None)
+    if prefix is None:
+        raise TypeError(f"{type(model).__name__} is not a Hugging Face transformer; text features need one.")
+    body = getattr(model, prefix, None)
+    return body if isinstance(body, nn.Module) else model
+
+
+def _is_text_batch(batch: dict) -> bool:
+    return "input_ids" in batch
+
+
+def _batch_features(backbone: nn.Module, inputs: dict) -> torch.Tensor:
+    """Features (B, D) of one batch without labels; the caller handles eval and no_grad."""
+    if _is_text_batch(inputs):
+        encoder = text_encoder(backbone)
+        hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
+        return mean_pool(hidden, inputs["attention_mask"])
+    x = inputs["pixel_values"]  # (B, 3, H, W)
+    try:
+        _, head = find_head(backbone)
+    except ValueError:
+        head = None
+    if head is None:  # a headless backbone: pool whatever it returns
+        out = backbone(x)
+        return out.mean(dim=(2, 3)) if out.ndim == 4 else out.flatten(1)
+    captured = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        backbone(x)
+    finally:
+        hook.remove()
+    return captured[0].flatten(1)  # (B, D): what the head sees
+
+
+def _run(model: nn.Module, loader: Iterable[dict], fn, device, progress: bool, desc: str):
+    from ftlib.train import _progress, _to
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    try:
+        with torch.no_grad():
+            for batch in _progress(loader, progress, desc=desc):
+                if not isinstance(batch, dict) or "labels" not in batch:
+                    raise TypeError("batches must be dicts with a 'labels' entry (see ftlib.data.make_loader); "
+                                    f"got {type(batch).__name__}.")
+                batch = _to(batch, device)
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                features.append(fn(model, inputs).float().cpu())
+                labels.append(batch["labels"].cpu())
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError("The loader yielded no batches.")
+    return torch.cat(features).numpy(), torch.cat(labels).numpy()
+
+
+def extract_features(backbone: nn.Module, loader: Iterable[dict], *, device=None,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One feature vector per example: ``(X, y)`` with X (N, D) float32 and y (N,) int64.
+
+    Text batches (``input_ids``...) give mean-pooled last-layer token states; image
+    batches (``pixel_values``) give the pooled features the head receives. The
+    backbone runs in eval mode under ``torch.no_grad()``; its mode is restored.
+
+    Examples
+    --------
+    >>> X, y = extract_features(model, train_loader)   # doctest: +SKIP
+    >>> X.shape                                        # doctest: +SKIP
+    (2000, 384)
+    """
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be a torch.nn.Module; got {type(backbone).__name__}.")
+    return _run(backbone, loader, _batch_features, device, progress, "features")
+
+
+def _last_linear(head: nn.Module) -> nn.Linear:
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"The head {head!r} contains no nn.Linear layer.")
+    return linears[-1]
+
+
+def head_inputs(model: nn.Module, loader: Iterable[dict], *, device=None,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` where X is what the head's last ``nn.Linear`` receives (eval mode).
+
+    For a BERT classifier that is the pooler output, for a CNN the pooled features:
+    the inputs of a linear probe that can be copied into the head (LP-FT).
+    """
+    _, head = find_head(model)
+    linear = _last_linear(head)
+
+    def fn(m: nn.Module, inputs: dict) -> torch.Tensor:
+        from ftlib.train import logits_and_labels
+
+        captured = []
+        hook = linear.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            logits_and_labels(m, {**inputs, "labels": None})
+        finally:
+            hook.remove()
+        return captured[0]
+
+    return _run(model, loader, fn, device, progress, "head inputs")
+
+
+def feature_cache_path(cache_dir: str | Path, **key) -> Path:
+    """The ``.npz`` file for a key such as ``model=..., dataset=..., split=..., seed=...``.
+
+    The name is readable (the key's values) plus a hash of the whole key, so two keys
+    never share a file.
+    """
+    if not key:
+        raise ValueError("feature_cache_path needs a key, e.g. model=, dataset=, split=, seed=.")
+    text = json.dumps(key, sort_keys=True, default=str)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    readable = "-".join(str(v).replace("/", "_") for v in key.values())[:80]
+    return Path(cache_dir) / f"{readable}-{digest}.npz"
+
+
+def cached_features(backbone: nn.Module, loader: Iterable[dict], *, cache_dir: str | Path | None,
+                    key: dict, device=None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`extract_features`, read from / written to ``cache_dir`` under ``key``.
+
+    The key must name everything the features depend on (model and its weights, data
+    set, split, size, seed, preprocessing); a stale key gives stale features. With
+    ``cache_dir=None`` nothing is cached.
+    """
+    if cache_dir is None:
+        return extract_features(backbone, loader, device=device, progress=progress)
+    path = feature_cache_path(cache_dir, **key)
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["X"], stored["y"]
+    X, y = extract_features(backbone, loader, device=device, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")  # written whole, then renamed: no half files
+    np.savez(tmp, X=X, y=y, key=json.dumps(key, sort_keys=True, default=str))
+    tmp.replace(path)
+    return X, y
+
+
+def fit_classifier(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+                   *, Cs: Sequence[float] = (0.01, 0.1, 1.0), classifier=None, seed: int = 0):
+    """A scikit-learn classifier on features; by default standardized LogisticRegression.
+
+    With validation features, the inverse regularization strength ``C`` is chosen
+    from ``Cs`` by validation accuracy (never by test accuracy), then the chosen model
+    is returned; its ``val_scores_`` maps each C to its validation accuracy. A given
+    ``classifier`` (any estimator) is fitted as is.
+    """
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
+        raise ValueError(f"expected X (N, D) and y (N,); got shapes {X.shape} and {y.shape}.")
+    if classifier is not None:
+        return clone(classifier).fit(X, y)
+    if not Cs or any(not c > 0 for c in Cs):
+        raise ValueError(f"Cs must be a non-empty list of numbers > 0; got {Cs!r}.")
+    make = lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))  # noqa: E731
+    if X_val is None or len(Cs) == 1:
+        model = make(Cs[-1] if X_val is None else Cs[0]).fit(X, y)
+        model.val_scores_ = {}
+        return model
+    scores, models = {}, {}
+    for c in Cs:
+        models[c] = make(c).fit(X, y)
+        scores[c] = float((models[c].predict(X_val) == np.asarray(y_val)).mean())
+    best = max(Cs, key=lambda c: (scores[c], -c))  # ties: the stronger regularization
+    model = models[best]
+    model.val_scores_ = scores
+    return model
+
+
+class ProbeModel(nn.Module):
+    """A frozen backbone plus a fitted scikit-learn classifier, usable as a torch model.
+
+    ``forward`` returns log-probabilities (B, K) as logits, so ``ftlib.train.evaluate``
+    and :class:`ftlib.evaluate.HeldOutTest` work on feature extraction unchanged.
+    Inference only: nothing in it trains.
+    """
+
+    def __init__(self, backbone: nn.Module, classifier, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.classifier = classifier
+        self.num_classes = num_classes
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ProbeModel":
+        super().train(mode)
+        self.backbone.eval()  # always: the features were computed in eval mode
+        return self
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor | None = None, **text_inputs) -> torch.Tensor:
+        inputs = {"pixel_values": pixel_values} if pixel_values is not None else text_inputs
+        X = _batch_features(self.backbone, inputs).float().cpu().numpy()
+        proba = self.classifier.predict_proba(X)  # (B, classes seen in training)
+        out = np.full((len(X), self.num_classes), -1e9, dtype=np.float32)
+        out[:, np.asarray(self.classifier.classes_, dtype=np.int64)] = np.log(np.clip(proba, 1e-12, None))
+        return torch.from_numpy(out)

@@ -1,0 +1,175 @@
+"""Regularization for fine-tuning: stay close to what pretraining learned.
+
+A small data set cannot pin down millions of weights, so fine-tuning needs a pull
+towards something sensible. This module holds the pieces that are not already a knob
+of :func:`ftlib.train.fit`:
+
+* **L2-SP** (Li et al. 2018): penalize the squared distance to the *pretrained* weights,
+  ``alpha / 2 * sum ||w - w0||^2`` over the backbone, instead of the distance to zero
+  that weight decay uses. The new head has no pretrained value and is left out.
+  :func:`l2sp` gives a ready ``penalty`` for ``fit(..., penalty=...)``.
+* **Label smoothing**: ``fit(..., label_smoothing=0.1)`` uses PyTorch's
+  ``CrossEntropyLoss(label_smoothing=...)``; :func:`label_smoothing_loss` writes the
+  same loss out by hand, as the reference the course and tests check against.
+* **Dropout**: :func:`ftlib.heads.replace_head` (``dropout=``) and
+  :func:`ftlib.heads.set_dropout`, re-exported here.
+* **Early stopping**: ``fit(..., patience=2)`` with best-weights restore.
+
+It does not train anything itself (``ftlib.train``) nor pick techniques
+(``ftlib.techniques``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftlib.heads import find_head, set_dropout
+
+__all__ = [
+    "backbone_state",
+    "l2sp_penalty",
+    "l2sp",
+    "weight_distance",
+    "label_smoothing_loss",
+    "set_dropout",
+]
+
+
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
+        raise ValueError(f"alpha must be a number >= 0 (0 turns the penalty off); got {alpha!r}.")
+
+
+def _head_prefix(model: nn.Module) -> str:
+    name, _ = find_head(model)
+    return name + "."
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every backbone parameter (the head excluded), by name.
+
+    Take it right after loading the pretrained weights; it is the ``w0`` of L2-SP and
+    of :func:`weight_distance`.
+    """
+    head = _head_prefix(model)
+    return {name: p.detach().clone() for name, p in model.named_parameters() if not name.startswith(head)}
+
+
+def l2sp_penalty(model: nn.Module, pretrained_state: Mapping[str, torch.Tensor], alpha: float) -> torch.Tensor:
+    """``alpha / 2 * sum over backbone parameters of ||w - w0||^2``, differentiable.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model being fine-tuned.
+    pretrained_state : mapping of str to Tensor
+        The pretrained values ``w0`` by parameter name (:func:`backbone_state`).
+        Entries of the head are ignored even if present: the new head has no
+        pretrained value to return to.
+    alpha : float
+        Strength, >= 0. Li et al. use 0.01-0.1.
+
+    Returns
+    -------
+    A scalar tensor; zero at the pretrained weights.
+
+    Examples
+    --------
+    >>> from ftlib.models import TinyCNN
+    >>> model = TinyCNN()
+    >>> w0 = backbone_state(model)
+    >>> float(l2sp_penalty(model, w0, alpha=0.1))
+    0.0
+    """
+    _check_alpha(alpha)
+    if not isinstance(pretrained_state, Mapping):
+        raise TypeError(f"pretrained_state must be a mapping of names to tensors (see backbone_state); "
+                        f"got {type(pretrained_state).__name__}.")
+    head = _head_prefix(model)
+    terms = []
+    for name, param in model.named_parameters():
+        if name.startswith(head) or name not in pretrained_state:
+            continue
+        w0 = pretrained_state[name]
+        if w0.shape != param.shape:
+            raise ValueError(f"pretrained_state[{name!r}] has shape {tuple(w0.shape)} but the model's "
+                             f"parameter has shape {tuple(param.shape)}.")
+        terms.append((param - w0.to(param.device, param.dtype)).pow(2).sum())
+    if not terms:
+        raise ValueError("pretrained_state shares no backbone parameter name with the model; take it with "
+                         "backbone_state(model) right after loading the pretrained weights.")
+    return 0.5 * alpha * torch.stack(terms).sum()
+
+
+def l2sp(model: nn.Module, alpha: float = 0.01) -> Callable[[nn.Module], torch.Tensor]:
+    """A ``penalty`` for :func:`ftlib.train.fit` that pulls the backbone to its current weights.
+
+    Call it on the freshly loaded pretrained model: the weights are snapshotted now.
+
+    Examples
+    --------
+    >>> from ftlib.models import TinyCNN
+    >>> model = TinyCNN()
+    >>> penalty = l2sp(model, alpha=0.01)
+    >>> float(penalty(model))
+    0.0
+    >>> # fit(model, train_loader, val_loader, penalty=penalty, weight_decay=0.0)
+    """
+    _check_alpha(alpha)
+    state = backbone_state(model)
+    return lambda m: l2sp_penalty(m, state, alpha)
+
+
+@torch.no_grad()
+def weight_distance(model: nn.Module, pretrained_state: Mapping[str, torch.Tensor]) -> dict:
+    """How far the backbone moved: ``||w - w0|| / ||w0||`` overall and per top-level block.
+
+    Returns ``{"relative": float, "squared": float, "per_block": {name: relative}}``; the
+    blocks are the first two parts of each parameter name (``bert.encoder`` ...).
+    """
+    head = _head_prefix(model)
+    diff_sq, ref_sq = 0.0, 0.0
+    blocks: dict[str, list[float]] = {}
+    for name, param in model.named_parameters():
+        if name.startswith(head) or name not in pretrained_state:
+            continue
+        w0 = pretrained_state[name].to(param.device, param.dtype)
+        d, r = float((param - w0).pow(2).sum()), float(w0.pow(2).sum())
+        diff_sq += d
+        ref_sq += r
+        acc = blocks.setdefault(".".join(name.split(".")[:2]), [0.0, 0.0])
+        acc[0] += d
+        acc[1] += r
+    per_block = {k: (d / r) ** 0.5 if r > 0 else 0.0 for k, (d, r) in blocks.items()}
+    return {"relative": (diff_sq / ref_sq) ** 0.5 if ref_sq > 0 else 0.0, "squared": diff_sq,
+            "per_block": per_block}
+
+
+def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """Cross-entropy against smoothed targets, written out (the reference formula).
+
+    The target puts ``1 - smoothing`` on the true class and spreads ``smoothing``
+    evenly over all ``K`` classes (the true one included, as PyTorch does)::
+
+        loss = mean over examples of  (1 - s) * (-log p_y)  +  s * mean_k (-log p_k)
+
+    It equals ``nn.CrossEntropyLoss(label_smoothing=s)(logits, labels)``.
+
+    Examples
+    --------
+    >>> logits = torch.tensor([[2.0, 0.0]])
+    >>> labels = torch.tensor([0])
+    >>> round(float(label_smoothing_loss(logits, labels, 0.0)), 4)  # plain cross-entropy
+    0.1269
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1); got {smoothing!r}.")
+    if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected logits (N, K) and labels (N,); got {tuple(logits.shape)} and {tuple(labels.shape)}.")
+    log_p = F.log_softmax(logits, dim=-1)  # (N, K)
+    nll = -log_p.gather(1, labels[:, None]).squeeze(1)  # (N,)
+    uniform = -log_p.mean(dim=-1)  # (N,)
+    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
