@@ -1,0 +1,19 @@
+"""Grading for the ftlib course: `ftlib check` for learners, `ftlib grade` for instructors.
+
+- `notebook`: read nbgrader notebooks (solution, grade and setup cells) without running them.
+- `check`: ``check_main(argv)``, a learner's self-check in a fresh process.
+- `grade`: ``grade_main(argv)``, parallel, sandboxed, limited nbgrader autograding.
+- `guard`, `limits`, `sandbox`, `feedback`, `autograde`: the pieces they share.
+
+Importing this package is cheap: no torch, no nbgrader; those load inside the commands.
+"""
+from ftlib.grading.notebook import (
+    Cell,
+    NotebookError,
+    grade_cells,
+    read_notebook,
+    setup_cells,
+    solution_cells,
+)
+
+__all__ = ["Cell", "NotebookError", "grade_cells", "read_notebook", "setup_cells", "solution_cells"]

@@ -1,0 +1,437 @@
+"""`ftlib grade ASSIGNMENT`: autograde a class's submissions in parallel, safely.
+
+Works on an nbgrader course directory (``submitted/<student>/<assignment>/*.ipynb``, the
+gradebook, the source folder) with nbgrader's own autograde semantics, but each
+submission is graded by its own worker process (`autograde`) in a private temporary
+copy, under a wall-clock ``--timeout`` and a ``--memory`` limit on its whole process
+tree, with the learner's kernel sandboxed (`sandbox`) when the platform allows it.
+Workers return JSON; only this process writes the real gradebook, so there is no SQLite
+contention and a crashed worker cannot corrupt it. A submission that loops, exhausts
+memory, kills its kernel or is not a notebook gets a status and a zero, never stops the
+batch.
+
+Outputs: the gradebook (auto scores and comments), ``autograded/<student>/<assignment>/``
+(the graded notebooks, for formgrader), ``feedback/<student>/<assignment>/<nb>.html``
+(without hidden tests unless ``--include-hidden``) and a CSV with one row per student.
+Submissions whose files, source and options are unchanged since the last run are not
+graded again unless ``--force``.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ftlib.grading import guard, sandbox
+from ftlib.grading.limits import parse_memory, run_limited
+from ftlib.grading.notebook import imported_modules, setup_cells
+
+__all__ = ["grade_main", "grade_assignment", "STATUSES"]
+
+STATUSES = ("ok", "timeout", "memory", "crashed", "invalid notebook", "missing")
+_SEVERITY = {s: i for i, s in enumerate(("ok", "missing", "invalid notebook", "timeout", "crashed", "memory"))}
+_STATE_VERSION = 1
+
+
+def _load_coursedir(course_dir: str):
+    import ftlib.grading.autograde  # noqa: F401 (its import-time speed-up for jsonschema)
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    cfg = Config()
+    if os.path.isfile(os.path.join(course_dir, "nbgrader_config.py")):
+        cfg.merge(PyFileConfigLoader("nbgrader_config.py", path=course_dir).load_config())
+    cfg.CourseDirectory.root = os.path.abspath(course_dir)
+    return CourseDirectory(config=cfg), cfg
+
+
+def _with_venv_path(env: dict[str, str]) -> dict[str, str]:
+    # nbgrader runs the `alembic` executable when it creates a gradebook; use the one next to
+    # this interpreter even when the virtualenv is not activated (as under `make test`).
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        env = dict(env, PATH=bindir + os.pathsep + path)
+    return env
+
+
+def _build_template(db_url: str, course_id: str, assignment: str, path: str) -> dict[str, Any]:
+    """Copy ``assignment`` (cells, points, source with hidden tests) into a fresh gradebook."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    os.environ.update(_with_venv_path(dict(os.environ)))
+
+    info: dict[str, Any] = {"notebooks": {}, "students": []}
+    with Gradebook(db_url, course_id) as gb, Gradebook(f"sqlite:///{path}", course_id) as tpl:
+        try:
+            a = gb.find_assignment(assignment)
+        except MissingEntry:
+            raise ValueError(
+                f"The assignment {assignment!r} is not in the gradebook {db_url}. Known assignments: "
+                f"{', '.join(x.name for x in gb.assignments) or 'none'}. Run "
+                f"'nbgrader generate_assignment {assignment}' first.") from None
+        info["students"] = sorted(s.id for s in gb.students)
+        tpl.add_assignment(a.name, duedate=a.duedate)
+        fingerprint = hashlib.sha256()
+        for nb in sorted(a.notebooks, key=lambda n: n.name):
+            tpl.add_notebook(nb.name, a.name, kernelspec=nb.kernelspec)
+            cells = []
+            for c in nb.grade_cells:
+                tpl.add_grade_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
+                cells.append(c.name)
+            for c in nb.solution_cells:
+                tpl.add_solution_cell(c.name, nb.name, a.name)
+            for c in nb.task_cells:
+                tpl.add_task_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
+            for c in sorted(nb.source_cells, key=lambda c: c.name):
+                tpl.add_source_cell(c.name, nb.name, a.name, cell_type=c.cell_type, locked=c.locked,
+                                    source=c.source, checksum=c.checksum)
+                fingerprint.update(f"{nb.name}\0{c.name}\0{c.source}\0{c.checksum}\0".encode())
+            for c in nb.grade_cells:
+                fingerprint.update(f"{c.name}\0{c.max_score}\0".encode())
+            info["notebooks"][nb.name] = {
+                "grade_cells": [c.name for c in sorted(nb.grade_cells, key=lambda c: c.id)],
+                "max_scores": {c.name: c.max_score for c in nb.grade_cells},
+                "sources": [c.source for c in nb.source_cells],
+            }
+        info["fingerprint"] = fingerprint.hexdigest()
+    return info
+
+
+def _hash_dir(path: str) -> str:
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            h.update(os.path.relpath(full, path).encode() + b"\0")
+            if os.path.islink(full):
+                h.update(b"link:" + os.readlink(full).encode())
+            else:
+                with open(full, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()
+
+
+def _watched(course_dir: str, coursedir, assignment: str, info: dict) -> list[str]:
+    # Modules the checks import: from the grade cells in the gradebook and the source's setup cells.
+    from ftlib.grading.notebook import NotebookError, read_notebook
+
+    sources = [s for nb in info["notebooks"].values() for s in nb["sources"]]
+    for name in info["notebooks"]:
+        path = os.path.join(coursedir.format_path(coursedir.source_directory, ".", assignment), f"{name}.ipynb")
+        try:
+            sources += [c.source for c in setup_cells(read_notebook(path))]
+        except NotebookError:
+            pass
+    return guard.watched_for(imported_modules(sources))
+
+
+def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one worker under limits (called in a thread) and read back its result."""
+    out_dir = job["spec"]["output_dir"]
+    spec_path = os.path.join(out_dir, "spec.json")
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump(job["spec"], f)
+    log_path = os.path.join(out_dir, "worker.log")
+    with open(log_path, "wb") as log:
+        run = run_limited([sys.executable, "-m", "ftlib.grading.autograde", spec_path],
+                          timeout=job["timeout"], memory=job["memory"], stdin=subprocess.DEVNULL,
+                          stdout=log, stderr=log, env=job["env"], cwd=out_dir)
+    result_path = os.path.join(out_dir, "result.json")
+    result = None
+    if run.status == "exited" and os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as f:
+            result = json.load(f)
+    return {"job": job, "run": run._asdict(), "result": result, "log": log_path}
+
+
+def _log_tail(path: str, n: int = 3) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [ln.strip() for ln in f.readlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-300:]
+
+
+def _row(student: str, assignment: str, info: dict, outcome: dict[str, Any] | None,
+         status: str, message: str) -> dict[str, Any]:
+    multi = len(info["notebooks"]) > 1
+    row: dict[str, Any] = {"student": student, "assignment": assignment}
+    total = max_total = 0.0
+    scores = {}
+    if outcome:
+        for nb, res in outcome["notebooks"].items():
+            for g in res["grades"]:
+                scores[(nb, g["grade_id"])] = g["score"]
+    for nb, nbinfo in info["notebooks"].items():
+        for gid in nbinfo["grade_cells"]:
+            score = scores.get((nb, gid), 0.0) or 0.0
+            row[f"{nb}:{gid}" if multi else gid] = score
+            total += score
+            max_total += nbinfo["max_scores"][gid]
+    row.update(total=total, max_total=max_total, status=status, message=message)
+    return row
+
+
+def _write_gradebook(db_url: str, course_id: str, assignment: str, student: str, outcome: dict | None,
+                     info: dict, failed: bool) -> None:
+    import warnings
+
+    from nbgrader.api import Gradebook
+
+    with warnings.catch_warnings(), Gradebook(db_url, course_id) as gb:
+        warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy session warnings
+        gb.update_or_create_student(student)
+        kwargs = {"timestamp": outcome["timestamp"]} if outcome and outcome.get("timestamp") else {}
+        gb.update_or_create_submission(assignment, student, **kwargs)
+        for nb, nbinfo in info["notebooks"].items():
+            res = (outcome or {}).get("notebooks", {}).get(nb, {})
+            scores = {g["grade_id"]: g["score"] for g in res.get("grades", [])}
+            for gid in nbinfo["grade_cells"]:
+                grade = gb.find_grade(gid, nb, assignment, student)
+                grade.auto_score = 0.0 if failed else scores.get(gid, 0.0)
+                grade.needs_manual_grade = failed or grade.manual_score is not None or grade.auto_score is None
+            for cid, text in res.get("comments", {}).items():
+                comment = gb.find_comment(cid, nb, assignment, student)
+                comment.auto_comment = text
+            if res:
+                snb = gb.find_submission_notebook(nb, assignment, student)
+                snb.late_submission_penalty = res.get("late_penalty") or None
+        gb.db.commit()
+
+
+def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[str] | None = None,
+                     workers: int | None = None, timeout: float = 1800.0, cell_timeout: int | None = None,
+                     memory: int | None = 4 * 2**30, csv_path: str | None = None, force: bool = False,
+                     include_hidden: bool = False, use_sandbox: bool = True,
+                     max_output_bytes: int = 1_000_000, log=print) -> list[dict[str, Any]]:
+    """Autograde every submission of ``assignment``; return one CSV row (dict) per student.
+
+    Parameters
+    ----------
+    assignment : str
+        The assignment id (a folder of ``submitted/<student>/``).
+    course_dir : str
+        The nbgrader course root (holding ``nbgrader_config.py``).
+    students : list of str, optional
+        Grade only these students.
+    workers : int, optional
+        Submissions graded at once (default: ``os.cpu_count()``).
+    timeout : float
+        Wall-clock seconds per submission; the worker is killed after that.
+    cell_timeout : int, optional
+        Seconds per cell (default: ``c.Execute.timeout`` of the course config).
+    memory : int, optional
+        Bytes of RSS per submission (worker, kernel and children); None for no limit.
+    csv_path : str, optional
+        Where to write the CSV (default: ``<course>/grades/<assignment>.csv``).
+    force : bool
+        Grade again even the submissions that did not change.
+    include_hidden : bool
+        Put hidden tests and full tracebacks in the HTML feedback.
+    use_sandbox : bool
+        Sandbox kernels with bubblewrap when it works here.
+    max_output_bytes : int
+        Output kept per cell during execution; the rest is dropped.
+    log : callable
+        Receives progress lines.
+    """
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"The 'workers' must be a positive integer, got {workers!r}.")
+    if not timeout or timeout <= 0:
+        raise ValueError(f"The 'timeout' must be a positive number of seconds, got {timeout!r}.")
+    course_dir = os.path.abspath(course_dir)
+    coursedir, cfg = _load_coursedir(course_dir)
+    if cell_timeout is None:
+        cell_timeout = int(cfg.Execute.get("timeout", 30) or 30)
+    if cell_timeout <= 0:
+        raise ValueError(f"The 'cell_timeout' must be a positive number of seconds, got {cell_timeout!r}.")
+    workers = workers or os.cpu_count() or 1
+    sandboxed = False
+    if use_sandbox:
+        sandboxed, why = sandbox.available()
+        if not sandboxed:
+            log("!" * 78)
+            log(f"WARNING: NO SANDBOX: {why}.")
+            log("Learner code will run as this user WITH network access and can read the solutions,")
+            log("the hidden tests and the gradebook. Only timeouts and memory limits apply.")
+            log("!" * 78)
+    else:
+        log("WARNING: sandbox disabled (--no-sandbox): learner code can read solutions and use the network.")
+
+    submitted_root = coursedir.format_path(coursedir.submitted_directory, ".", ".")
+    source_dir = coursedir.format_path(coursedir.source_directory, ".", assignment)
+    autograded_root = coursedir.format_path(coursedir.autograded_directory, ".", ".")
+    feedback_root = coursedir.format_path(coursedir.feedback_directory, ".", ".")
+    csv_path = csv_path or os.path.join(course_dir, "grades", f"{assignment}.csv")
+    state_path = os.path.join(autograded_root, f".ftlib-grade-{assignment}.json")
+    db_file = coursedir.db_url[len("sqlite:///"):] if coursedir.db_url.startswith("sqlite:///") else None
+    hide = [os.path.join(course_dir, d) for d in (coursedir.source_directory, coursedir.submitted_directory,
+                                                  coursedir.autograded_directory, coursedir.feedback_directory,
+                                                  ".git", "grades")]
+    hide += [p for p in (db_file, os.path.dirname(os.path.abspath(csv_path))) if p]
+
+    work = tempfile.mkdtemp(prefix="ftlib-grade-batch-")
+    try:
+        template = os.path.join(work, "template.db")
+        info = _build_template(coursedir.db_url, coursedir.course_id, assignment, template)
+        watched = _watched(course_dir, coursedir, assignment, info)
+        options = json.dumps([cell_timeout, memory, include_hidden, max_output_bytes, _STATE_VERSION])
+        state = {}
+        if os.path.exists(state_path):
+            try:
+                with open(state_path, encoding="utf-8") as f:
+                    state = json.load(f)
+            except (OSError, ValueError):
+                state = {}
+        present = sorted(s for s in os.listdir(submitted_root)
+                         if os.path.isdir(os.path.join(submitted_root, s, assignment))) \
+            if os.path.isdir(submitted_root) else []
+        everyone = sorted(set(present) | set(info["students"]))
+        if students:
+            unknown = sorted(set(students) - set(everyone))
+            if unknown:
+                raise ValueError(f"No submission or gradebook entry for student(s) {', '.join(unknown)} "
+                                 f"in {assignment!r}.")
+            everyone = [s for s in everyone if s in students]
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(_with_venv_path(dict(os.environ)), PYTHONPATH=os.pathsep.join(
+            [pkg_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        env.update(TQDM_MININTERVAL="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        rows, jobs = {}, []
+        for student in everyone:
+            sub = os.path.join(submitted_root, student, assignment)
+            if not os.path.isdir(sub):
+                rows[student] = _row(student, assignment, info, None, "missing", "no submission")
+                continue
+            present_nbs = sorted(n for n in os.listdir(sub) if n.endswith(".ipynb"))
+            if not any(f"{name}.ipynb" in present_nbs for name in info["notebooks"]):
+                hint = f"; found {', '.join(present_nbs)} instead (misnamed?)" if present_nbs else ""
+                rows[student] = _row(student, assignment, info, None, "missing", f"no expected notebook{hint}")
+                continue
+            digest = hashlib.sha256(f"{_hash_dir(sub)}{info['fingerprint']}{options}".encode()).hexdigest()
+            previous = state.get(student)
+            if not force and previous and previous.get("hash") == digest:
+                rows[student] = previous["row"]
+                continue
+            out_dir = os.path.join(work, "out", student)
+            os.makedirs(out_dir)
+            spec = {"assignment": assignment, "student": student, "submission_dir": sub,
+                    "template_db": template, "support_dir": source_dir, "notebooks": sorted(info["notebooks"]),
+                    "cell_timeout": cell_timeout, "max_output_bytes": max_output_bytes,
+                    "watched_modules": watched, "sandbox": sandboxed, "hide": hide,
+                    "include_hidden": include_hidden, "output_dir": out_dir}
+            jobs.append({"student": student, "spec": spec, "timeout": timeout, "memory": memory, "env": env,
+                         "hash": digest, "sub": sub})
+        skipped = len(everyone) - len(jobs) - sum(1 for r in rows.values() if r["status"] == "missing")
+        log(f"Grading {len(jobs)} submission(s) of {assignment} with {workers} worker(s)"
+            f"{f'; {skipped} unchanged, not graded again (use --force)' if skipped > 0 else ''}.")
+        started = time.monotonic()
+        with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_grade_one, job) for job in jobs]
+            for future in cf.as_completed(futures):
+                done = future.result()
+                job, run, outcome = done["job"], done["run"], done["result"]
+                student = job["student"]
+                if run["status"] == "memory":
+                    status, message = "memory", f"killed: used more than {memory / 2**20:.0f} MiB"
+                elif run["status"] == "timeout":
+                    status, message = "timeout", f"killed: ran longer than {timeout:g} s"
+                elif outcome is None:
+                    status = "crashed"
+                    message = f"the grading worker failed (exit {run['returncode']}): {_log_tail(done['log'])}"
+                else:
+                    nbres = outcome["notebooks"].values()
+                    status = max((r["status"] for r in nbres), key=lambda s: _SEVERITY.get(s, 0), default="ok")
+                    message = "; ".join(f"{nb}: {r['message']}" if len(outcome["notebooks"]) > 1 else r["message"]
+                                        for nb, r in outcome["notebooks"].items() if r["message"])
+                failed = outcome is None
+                _write_gradebook(coursedir.db_url, coursedir.course_id, assignment, student, outcome, info, failed)
+                out_dir = job["spec"]["output_dir"]
+                for kind, root in (("autograded", autograded_root), ("feedback", feedback_root)):
+                    src = os.path.join(out_dir, kind)
+                    dst = os.path.join(root, student, assignment)
+                    if os.path.isdir(src):
+                        os.makedirs(dst, exist_ok=True)
+                        for name in os.listdir(src):
+                            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+                row = _row(student, assignment, info, outcome, status, message)
+                rows[student] = row
+                if outcome is not None or status in ("timeout", "memory"):
+                    state[student] = {"hash": job["hash"], "row": row}  # a grader failure is retried next time
+                log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
+                    f"{'  ' + message if message else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+        log(f"Graded {len(jobs)} submission(s) in {time.monotonic() - started:.1f} s.")
+        os.makedirs(os.path.dirname(state_path), exist_ok=True)
+        with open(state_path, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+        ordered = [rows[s] for s in sorted(rows)]
+        _write_csv(csv_path, ordered, info)
+        log(f"Wrote {csv_path}")
+        return ordered
+    finally:
+        if not os.environ.get("FTLIB_GRADE_KEEP"):  # keep worker logs for debugging
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]], info: dict) -> None:
+    multi = len(info["notebooks"]) > 1
+    cells = [f"{nb}:{g}" if multi else g for nb, i in info["notebooks"].items() for g in i["grade_cells"]]
+    fields = ["student", "assignment", *cells, "total", "max_total", "status", "message"]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ftlib grade",
+        description="Autograde all submissions of ASSIGNMENT in parallel, each isolated and limited.")
+    p.add_argument("assignment", help="assignment id, e.g. 01_choose_model")
+    p.add_argument("--course-dir", default=".", help="nbgrader course root (default: current directory)")
+    p.add_argument("--student", action="append", help="grade only this student (repeatable)")
+    p.add_argument("--workers", type=int, default=None, help="submissions graded at once (default: CPU count)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission (default: 1800)")
+    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: c.Execute.timeout)")
+    p.add_argument("--memory", default="4G", help="memory per submission, e.g. 2G; 'none' for no limit (default: 4G)")
+    p.add_argument("--csv", dest="csv_path", help="CSV output (default: grades/ASSIGNMENT.csv)")
+    p.add_argument("--force", action="store_true", help="grade again submissions that did not change")
+    p.add_argument("--include-hidden", action="store_true", help="show hidden tests in the HTML feedback")
+    p.add_argument("--no-sandbox", action="store_true", help="do not sandbox kernels even if bubblewrap works")
+    return p
+
+
+def grade_main(argv: list[str]) -> int:
+    """Entry point of ``ftlib grade``; returns 0 when the batch ran, 2 on a usage or setup error.
+
+    Individual submissions that fail do not change the exit status; see the CSV.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        grade_assignment(args.assignment, course_dir=args.course_dir, students=args.student,
+                         workers=args.workers, timeout=args.timeout, cell_timeout=args.cell_timeout,
+                         memory=parse_memory(args.memory), csv_path=args.csv_path, force=args.force,
+                         include_hidden=args.include_hidden, use_sandbox=not args.no_sandbox)
+    except (ValueError, OSError) as e:
+        print(f"ftlib grade: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(grade_main(sys.argv[1:]))
