@@ -1,0 +1,138 @@
+"""Checks of 05_hyperparameters: parameter groups, warmup + cosine, reading an LR range test."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ftlib.checks._common import BNNet, CheckFailure, as_float, call, expect, quiet
+from ftlib.optim import param_groups as reference_param_groups
+from ftlib.optim import warmup_cosine as reference_warmup_cosine
+
+__all__ = ["check_param_groups", "check_warmup_cosine", "check_lr_choice", "LR_RANGE"]
+
+
+def _settings(groups, model: nn.Module, label: str) -> dict[str, tuple[float, float]]:
+    """``{parameter name: (lr, weight_decay)}``, checking each trainable parameter is in one group."""
+    if type(groups) is not list or not all(type(g) is dict for g in groups):
+        raise CheckFailure(f"param_groups should return a list of dicts ({label}).", "list of dict",
+                           type(groups).__name__, 'Each group: {"params": [...], "lr": ..., "weight_decay": ...}.')
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: dict[str, tuple[float, float]] = {}
+    for i, group in enumerate(groups):
+        for key in ("params", "lr", "weight_decay"):
+            expect(key in group, f"Group {i} has no {key!r} entry ({label}).", '"params", "lr", "weight_decay"',
+                   sorted(map(str, group)))
+        lr, wd = as_float(group["lr"], f"group {i}'s lr"), as_float(group["weight_decay"], f"group {i}'s weight_decay")
+        params = group["params"]
+        if type(params) not in (list, tuple):
+            raise CheckFailure(f"Group {i}'s 'params' should be a list of parameters ({label}).", "list",
+                               type(params).__name__)
+        for p in params:
+            expect(id(p) in names, f"Group {i} holds a tensor that is not a parameter of the model ({label}).")
+            name = names[id(p)]
+            expect(name not in seen, f"Parameter {name} is in two groups ({label}).", "exactly one group", "two",
+                   "The optimizer would update it twice (torch.optim refuses it).")
+            seen[name] = (lr, wd)
+    return seen
+
+
+def _compare(model, reference_model, groups, kwargs, label):
+    got = _settings(groups, model, label)
+    want = _settings(reference_param_groups(reference_model, **kwargs), reference_model, label)
+    frozen = [n for n in got if n not in want]
+    expect(not frozen, f"Frozen parameters should be in no group ({label}).", "none", frozen[:4],
+           "Skip parameters with requires_grad=False.")
+    lost = [n for n in want if n not in got]
+    expect(not lost, f"Trainable parameters missing from every group ({label}).", "none", lost[:4],
+           "Every trainable parameter must be in exactly one group, or it will never learn.")
+    for name in want:
+        glr, gwd = got[name]
+        wlr, wwd = want[name]
+        if not math.isclose(gwd, wwd, rel_tol=1e-9, abs_tol=1e-12):
+            kind = "a bias or normalization parameter" if wwd == 0 else "a weight matrix or kernel"
+            raise CheckFailure(f"Wrong weight decay for {name}, {kind} ({label}).", wwd, gwd,
+                               "Decay parameters with p.ndim >= 2 only; biases and norm gains/shifts get 0.")
+        if not math.isclose(glr, wlr, rel_tol=1e-6):
+            raise CheckFailure(f"Wrong learning rate for {name} ({label}).", wlr, glr,
+                               "Head: base_lr * head_lr_multiplier; top block: base_lr; each block below: "
+                               "layer_decay times the block above (use ftlib.freezing.layer_blocks for the order).")
+
+
+def check_param_groups(param_groups, *, thorough: bool = False) -> None:
+    """Per-parameter lr and weight decay equal the reference; each trainable parameter in one group."""
+    from ftlib.freezing import freeze_up_to
+
+    with quiet():
+        kwargs = dict(base_lr=1e-3, head_lr_multiplier=10.0, layer_decay=0.5, weight_decay=0.05)
+        cases = [("BNNet, all trainable", lambda m: None, kwargs),
+                 ("BNNet, stem frozen", lambda m: freeze_up_to(m, "stem"), dict(kwargs, layer_decay=0.8)),
+                 ("BNNet, layer_decay=1, head_lr_multiplier=1", lambda m: None,
+                  dict(kwargs, layer_decay=1.0, head_lr_multiplier=1.0))]
+        for label, prepare, kw in cases:
+            torch.manual_seed(0)
+            model, reference_model = BNNet(), BNNet()
+            prepare(model)
+            prepare(reference_model)
+            flags = [p.requires_grad for p in model.parameters()]
+            groups = call(param_groups, model, kw["base_lr"], kw["head_lr_multiplier"], kw["layer_decay"],
+                          kw["weight_decay"], name="param_groups")
+            expect([p.requires_grad for p in model.parameters()] == flags, "param_groups changed requires_grad.")
+            _compare(model, reference_model, groups, kw, label)
+            try:
+                torch.optim.AdamW(groups)
+            except Exception as err:
+                raise CheckFailure(f"torch.optim.AdamW refused the groups ({label}).", "a valid param-group list",
+                                   f"{type(err).__name__}: {err}") from None
+        if thorough:
+            from ftlib.models import load_model
+
+            torch.manual_seed(0)
+            model = load_model("tiny-bert", num_classes=2)
+            reference_model = load_model("tiny-bert", num_classes=2)
+            kw = dict(base_lr=2e-5, head_lr_multiplier=5.0, layer_decay=0.95, weight_decay=0.01)
+            groups = call(param_groups, model, 2e-5, 5.0, 0.95, 0.01, name="param_groups")
+            _compare(model, reference_model, groups, kw, "tiny BERT (LayerNorm, embeddings, pooler)")
+
+
+def check_warmup_cosine(warmup_cosine, *, thorough: bool = False) -> None:
+    """The schedule's value at every step equals the reference."""
+    configs = [(20, 5, 0.1), (10, 0, 1.0), (100, 10, 3e-4)]
+    if thorough:
+        configs += [(7, 1, 2.0), (50, 49, 1e-3)]
+    with quiet():
+        for total, warmup, base in configs:
+            for step in range(total + 3):
+                got = as_float(call(warmup_cosine, step, total, warmup, base, name="warmup_cosine"),
+                               f"warmup_cosine({step}, {total}, {warmup}, {base})")
+                want = reference_warmup_cosine(step, total, warmup, base)
+                if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12 * base):
+                    phase = "warmup" if step < warmup else ("after the end" if step > total else "cosine decay")
+                    hint = {"warmup": "During warmup lr = base_lr * step / warmup_steps: 0 at step 0, "
+                                      "reaching base_lr exactly at step == warmup_steps.",
+                            "cosine decay": "progress = (step - warmup_steps) / (total_steps - warmup_steps); "
+                                            "lr = base_lr * 0.5 * (1 + cos(pi * progress)).",
+                            "after the end": "Past total_steps the rate stays at 0 (clip progress at 1)."}[phase]
+                    raise CheckFailure(
+                        f"warmup_cosine(step={step}, total_steps={total}, warmup_steps={warmup}, base_lr={base}) "
+                        f"is wrong ({phase}).", want, got, hint)
+
+
+# The LR range test of 05_hyperparameters (EfficientNet-Lite0, new 10-class head, Fashion-MNIST,
+# 640 images at 64 px, AdamW, seed 0) falls fastest around 1e-3 and bottoms out near 1e-2.
+# Rates in this range train well in one epoch; see the notebook's plot.
+LR_RANGE = (2e-4, 5e-3)
+
+
+def check_lr_choice(chosen_lr, *, lr_range: tuple[float, float] = LR_RANGE) -> None:
+    """The rate read off the LR range test lies in the good region of the curve."""
+    lr = as_float(chosen_lr, "chosen_lr")
+    low, high = lr_range
+    expect(lr > 0 and math.isfinite(lr), "chosen_lr should be a positive number.", "e.g. 1e-3", chosen_lr)
+    expect(lr <= high, f"{lr:.1e} is too high: the loss is near its minimum or already rising there.",
+           f"between {low:.0e} and {high:.0e}", f"{lr:.1e}",
+           "Pick a rate where the loss still falls steeply, several times below the minimum of the curve.")
+    expect(lr >= low, f"{lr:.1e} is too low: the loss has barely started to fall there, so training would crawl.",
+           f"between {low:.0e} and {high:.0e}", f"{lr:.1e}",
+           "Look for the steepest descent of the curve, not its flat start.")

@@ -1,0 +1,117 @@
+"""Run and validate the course notebooks (used by tests/course and scripts/measure_notebooks.py).
+
+* :func:`run_notebook` executes a notebook headless with nbclient in a fresh kernel and
+  reports wall time and the kernel's peak memory (``ru_maxrss``, read by an extra cell).
+* :func:`validate_notebook` runs nbgrader's own :class:`nbgrader.validator.Validator`, the
+  code behind the Validate button: ``invert=False`` lists failing grade cells (a solution
+  notebook must have none), ``invert=True`` lists passing ones (a release notebook must
+  have none). Use it rather than the ``nbgrader validate`` command, which exits 0 even
+  when validation fails.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+__all__ = ["ROOT", "assignments", "solution_notebook", "release_notebook", "run_notebook", "validate_notebook",
+           "errors", "grade_cell_outputs"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_PEAK_CELL = ("import resource as _r, sys as _s\n"
+              "print('FTLIB_PEAK_KB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)")
+
+
+def assignments() -> list[str]:
+    """Assignment names that have a solution notebook, in course order."""
+    base = ROOT / "solutions"
+    return sorted(p.name for p in base.iterdir() if (p / f"{p.name}.ipynb").exists()) if base.exists() else []
+
+
+def solution_notebook(name: str) -> Path:
+    return ROOT / "solutions" / name / f"{name}.ipynb"
+
+
+def release_notebook(name: str) -> Path:
+    return ROOT / "course" / name / f"{name}.ipynb"
+
+
+def _env(extra: dict | None) -> dict:
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    env.update(extra or {})
+    return env
+
+
+def run_notebook(path: str | os.PathLike, *, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
+    """Execute ``path`` in a fresh kernel; return ``(notebook, seconds, peak_mb)``.
+
+    ``env`` adds environment variables (``{"NBGRADER_EXECUTION": "autograde"}`` selects
+    the notebooks' small grading budget). The notebook file is not modified.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(_PEAK_CELL))
+    saved = {k: os.environ.get(k) for k in _env(env)}
+    os.environ.update(_env(env))
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                                resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        client.execute()
+        seconds = time.perf_counter() - start
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    peak_kb = 0
+    last = nb.cells.pop()
+    for out in last.get("outputs", []):
+        if out.get("name") == "stdout" and "FTLIB_PEAK_KB" in out.get("text", ""):
+            peak_kb = int(out["text"].split()[-1])
+    return nb, seconds, peak_kb / 1024
+
+
+def errors(nb) -> list[str]:
+    """Error outputs of an executed notebook, as 'cell N: Error: message'."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                found.append(f"cell {i}: {out['ename']}: {out['evalue']}")
+    return found
+
+
+def grade_cell_outputs(nb) -> dict[str, list]:
+    """``{grade_id: outputs}`` of the grade cells of an executed notebook."""
+    return {c.metadata["nbgrader"]["grade_id"]: c.get("outputs", []) for c in nb.cells
+            if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c.cell_type == "code"}
+
+
+def validate_notebook(path: str | os.PathLike, *, invert: bool = False, timeout: int = 600) -> dict:
+    """nbgrader's validation result for ``path`` (an empty dict means it validated).
+
+    The notebook runs with ``NBGRADER_EXECUTION=validate``, as under the Validate button.
+    """
+    from nbgrader.validator import Validator
+    from traitlets.config import Config
+
+    config = Config()
+    config.Validator.invert = invert
+    config.Execute.timeout = timeout
+    saved = {k: os.environ.get(k) for k in _env(None)}
+    os.environ.update(_env(None))
+    try:
+        return Validator(config=config).validate(str(path))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

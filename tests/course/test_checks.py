@@ -1,0 +1,103 @@
+"""Every exercise check passes on the reference, fails on a stub and on plausible wrong answers."""
+import pytest
+
+from ftlib.checks import EXERCISES, CheckFailure, get_check
+from wrong_answers import WRONG
+
+
+def _reference(module: str, exercise: str):
+    import ftlib.checks.evaluate as evaluate_checks
+    from ftlib import data, evaluate, freezing, heads, models, optim, train, weights
+
+    if exercise == "select_and_test":
+        return evaluate_checks.reference_select_and_test
+    for lib in (models, data, weights, heads, freezing, optim, train, evaluate):
+        if hasattr(lib, exercise):
+            return getattr(lib, exercise)
+    if module == "techniques":
+        from ftlib.checks import techniques
+
+        return getattr(techniques, f"reference_{exercise}")
+    raise LookupError(exercise)
+
+
+CASES = [(m, e) for m, names in EXERCISES.items() for e in names if m != "techniques"]
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+class _StubClass:
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError()
+
+
+@pytest.mark.parametrize("module,exercise", CASES)
+def test_check_passes_on_reference(module, exercise):
+    check = get_check(module, exercise)
+    check(_reference(module, exercise))
+    check(_reference(module, exercise), thorough=True)
+
+
+@pytest.mark.parametrize("module,exercise", CASES)
+def test_check_fails_on_stub_with_a_clear_message(module, exercise):
+    stub = _StubClass if exercise[0].isupper() else _stub
+    with pytest.raises(CheckFailure, match="not implemented yet"):
+        get_check(module, exercise)(stub)
+
+
+WRONG_CASES = [(m, e, desc, fn) for m, e in CASES for desc, fn in WRONG.get(e, [])]
+
+
+@pytest.mark.parametrize("module,exercise,description,wrong", WRONG_CASES,
+                         ids=[f"{e}-{d.replace(' ', '_')}" for _, e, d, _ in WRONG_CASES])
+def test_check_rejects_wrong_answer(module, exercise, description, wrong):
+    with pytest.raises(CheckFailure) as info:
+        get_check(module, exercise)(wrong)
+    message = str(info.value)
+    assert "expected" in message or "hint" in message or "not" in message, message
+
+
+def test_every_exercise_has_wrong_answers():
+    missing = [e for _, e in CASES if not WRONG.get(e)]
+    assert not missing, f"no wrong answers for {missing}"
+
+
+def test_failure_is_an_assertion_error_subclass_not_a_bare_one():
+    assert issubclass(CheckFailure, AssertionError) and CheckFailure is not AssertionError
+
+
+def test_checks_ignore_a_patched_allclose(monkeypatch):
+    import numpy as np
+    import torch
+
+    from ftlib.checks.prepare_data import check_prepare_images
+    from wrong_answers import images_fixed_stats
+
+    monkeypatch.setattr(np, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(np, "array_equal", lambda *a, **k: True)
+    with pytest.raises(CheckFailure):
+        check_prepare_images(images_fixed_stats)
+
+
+def test_checks_do_not_trust_returned_eq():
+    from ftlib.checks.choose_model import check_count_parameters
+
+    class AlwaysEqual(int):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = int.__hash__
+
+    with pytest.raises(CheckFailure, match="should be an integer"):
+        check_count_parameters(lambda model: (AlwaysEqual(0), AlwaysEqual(0)))
+
+
+def test_checks_write_nothing_to_stderr(capfd):
+    from ftlib.checks.prepare_data import check_collate_text
+    from ftlib.data import collate_text
+
+    check_collate_text(collate_text)
+    assert capfd.readouterr().err == ""

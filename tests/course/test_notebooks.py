@@ -1,0 +1,96 @@
+"""The course notebooks: structure (fast), then execution, generation and nbgrader validation (slow)."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ftlib.checks import ASSIGNMENTS, EXERCISES
+from ftlib.checks.notebooks import (ROOT, assignments, errors, grade_cell_outputs, release_notebook,
+                                    run_notebook, solution_notebook, validate_notebook)
+
+NAMES = assignments()
+BUDGET_S = 180  # each solution notebook, full budget, on a 2-core CPU
+MEMORY_MB = 1536  # Binder gives about 2 GB
+
+
+def _cells(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        cell["source"] = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return nb["cells"]
+
+
+def _meta(cell):
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_notebook_structure(name):
+    cells = _cells(solution_notebook(name))
+    module = ASSIGNMENTS[name]
+    ids = [_meta(c)["grade_id"] for c in cells if _meta(c)]
+    assert len(ids) == len(set(ids)), f"duplicate grade_id in {name}"
+    for cell in cells:
+        meta = _meta(cell)
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, "commit notebooks without outputs"
+        if not meta:
+            continue
+        assert meta["schema_version"] == 3
+        if meta.get("grade") and cell["cell_type"] == "code":
+            assert re.fullmatch(r"test_\w+_\w+", meta["grade_id"]), meta["grade_id"]
+            assert meta["locked"] and meta["points"] > 0
+            source = cell["source"]
+            assert source.startswith(f"# {meta['grade_id']}: "), "grade cells open with a one-line description"
+            assert f"from ftlib.checks import {module}" in source, "grade cells import what they need"
+            assert source.rstrip().splitlines()[-1].startswith("print("), "grade cells end with a success print"
+        if meta.get("solution") and cell["cell_type"] == "code":
+            assert "### BEGIN SOLUTION" in cell["source"] and "### END SOLUTION" in cell["source"]
+    solution_ids = {_meta(c)["grade_id"] for c in cells if _meta(c).get("solution") and c["cell_type"] == "code"}
+    graded = " ".join(c["source"] for c in cells if _meta(c).get("grade"))
+    for exercise in EXERCISES[module]:
+        assert exercise in solution_ids, f"{name}: no solution cell for {exercise}"
+        assert re.search(rf"checks\.check_{exercise}\({exercise}\b", graded), f"{name}: no grade cell for {exercise}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_release_notebook_hides_solutions(name):
+    path = release_notebook(name)
+    assert path.exists(), "run python scripts/generate_course.py"
+    text = path.read_text(encoding="utf-8")
+    assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text and "thorough=True" not in text
+    assert "raise NotImplementedError()" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_notebook_runs_clean_within_budget(name):
+    nb, seconds, peak_mb = run_notebook(solution_notebook(name), timeout=BUDGET_S)
+    assert not errors(nb)
+    noisy = {gid: [o for o in outs if o.get("name") == "stderr"] for gid, outs in grade_cell_outputs(nb).items()}
+    assert not any(noisy.values()), f"stderr in grade cells zeroes them: {noisy}"
+    assert seconds < BUDGET_S, f"{name} took {seconds:.0f} s"
+    assert peak_mb < MEMORY_MB, f"{name} peaked at {peak_mb:.0f} MB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_notebook_validates_with_full_points(name):
+    result = validate_notebook(solution_notebook(name))
+    assert result == {}, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_release_notebook_scores_zero(name):
+    result = validate_notebook(release_notebook(name), invert=True)
+    assert result == {}, f"grade cells pass on the unanswered notebook: {result}"
+
+
+@pytest.mark.slow
+def test_committed_course_matches_generation():
+    proc = subprocess.run([sys.executable, "scripts/generate_course.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,529 @@
+"""Plausible wrong implementations of the course exercises: every check must reject each one.
+
+``WRONG[exercise]`` lists ``(description, function)`` pairs. Each function is what a learner
+might really write: it runs, returns the right kind of value, and is wrong in one way.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftlib import data as ref_data
+from ftlib import evaluate as ref_eval
+from ftlib import freezing as ref_freezing
+from ftlib import optim as ref_optim
+from ftlib import train as ref_train
+from ftlib import weights as ref_weights
+from ftlib.freezing import layer_blocks, set_frozen_batchnorm_eval
+from ftlib.heads import find_head
+
+
+# 01 count_parameters -------------------------------------------------------------------------
+def count_with_buffers(model):
+    total = sum(v.numel() for v in model.state_dict().values())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def count_shared_twice(model):
+    params = [p for m in model.modules() for p in m.parameters(recurse=False)]
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def count_ignoring_frozen(model):
+    total = sum(p.numel() for p in model.parameters())
+    return total, total
+
+
+# 02 stratified_split -------------------------------------------------------------------------
+def split_not_stratified(labels, val_fraction=0.1, test_fraction=0.2, seed=0, groups=None):
+    n = len(labels)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = int(test_fraction * n), int(val_fraction * n)
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def split_overlapping(labels, val_fraction=0.1, test_fraction=0.2, seed=0, groups=None):
+    train, val, test = ref_data.stratified_split(labels, val_fraction, test_fraction, seed)
+    return np.concatenate([train, val]), val, test  # validation examples also train
+
+
+def split_ignoring_groups(labels, val_fraction=0.1, test_fraction=0.2, seed=0, groups=None):
+    return ref_data.stratified_split(labels, val_fraction, test_fraction, seed)
+
+
+def split_global_seed(labels, val_fraction=0.1, test_fraction=0.2, seed=0, groups=None):
+    labels = np.asarray(labels)
+    parts = [[], [], []]
+    for c in np.unique(labels):
+        idx = np.random.permutation(np.flatnonzero(labels == c))  # ignores seed
+        n_test, n_val = int(test_fraction * len(idx)), int(val_fraction * len(idx))
+        parts[2] += idx[:n_test].tolist()
+        parts[1] += idx[n_test:n_test + n_val].tolist()
+        parts[0] += idx[n_test + n_val:].tolist()
+    return tuple(np.array(p) for p in parts)
+
+
+# 02 prepare_images ---------------------------------------------------------------------------
+def images_fixed_stats(images, size, mean, std):
+    return ref_data.prepare_images(images, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def images_no_scaling(images, size, mean, std):
+    x = torch.as_tensor(np.asarray(images)).float()  # forgets to divide uint8 by 255
+    return ref_data.prepare_images(x, size, mean, std)
+
+
+def images_nearest(images, size, mean, std):
+    x = torch.as_tensor(np.asarray(images))
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    x = x.expand(-1, 3, -1, -1)
+    x = F.interpolate(x, size=(size, size), mode="nearest")
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+# 02 collate_text -----------------------------------------------------------------------------
+def collate_max_length_padding(batch, tokenizer, max_length=64):
+    out = dict(tokenizer([t for t, _ in batch], padding="max_length", truncation=True, max_length=max_length,
+                         return_tensors="pt"))
+    out["labels"] = torch.tensor([y for _, y in batch])
+    return out
+
+
+def collate_no_truncation(batch, tokenizer, max_length=64):
+    out = dict(tokenizer([t for t, _ in batch], padding="longest", return_tensors="pt"))
+    out["labels"] = torch.tensor([y for _, y in batch])
+    return out
+
+
+def collate_float_labels(batch, tokenizer, max_length=64):
+    out = ref_data.collate_text(batch, tokenizer, max_length)
+    out["labels"] = out["labels"].float()
+    return out
+
+
+# 03 load_pretrained_weights ------------------------------------------------------------------
+def load_strict_false(model, state_dict):
+    result = model.load_state_dict(state_dict, strict=False)
+    return result.missing_keys, result.unexpected_keys
+
+
+def load_skip_mismatches(model, state_dict):
+    own = model.state_dict()
+    keep = {k: v for k, v in state_dict.items() if k not in own or own[k].shape == v.shape}
+    result = model.load_state_dict(keep, strict=False)
+    return result.missing_keys, result.unexpected_keys
+
+
+def load_parameters_only(model, state_dict):
+    own = model.state_dict()
+    for k, v in state_dict.items():
+        if k in own and own[k].shape != v.shape:
+            raise ValueError(f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}")
+    names = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state_dict.items():
+            if k in names:
+                names[k].copy_(v)  # forgets BatchNorm running statistics
+    return [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
+
+
+# 03 top_k_classes ----------------------------------------------------------------------------
+def top_k_train_mode(model, images, k=5, class_names=None):
+    with torch.no_grad():
+        probs = model(images).softmax(-1)
+    top = probs.topk(k, dim=-1)
+    return [[(class_names[i] if class_names else int(i), float(p)) for p, i in zip(ps.tolist(), ids.tolist())]
+            for ps, ids in zip(top.values, top.indices)]
+
+
+def top_k_no_restore(model, images, k=5, class_names=None):
+    model.eval()
+    return top_k_train_mode(model, images, k, class_names)
+
+
+def top_k_with_grad(model, images, k=5, class_names=None):
+    was = model.training
+    model.eval()
+    probs = model(images).softmax(-1)
+    model.train(was)
+    top = probs.topk(k, dim=-1)
+    return [[(class_names[i] if class_names else int(i), float(p)) for p, i in zip(ps.tolist(), ids.tolist())]
+            for ps, ids in zip(top.values, top.indices)]
+
+
+def top_k_logits(model, images, k=5, class_names=None):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    model.train(was)
+    top = logits.topk(k, dim=-1)  # raw logits reported as probabilities
+    return [[(class_names[i] if class_names else int(i), float(p)) for p, i in zip(ps.tolist(), ids.tolist())]
+            for ps, ids in zip(top.values, top.indices)]
+
+
+# 04 replace_head -----------------------------------------------------------------------------
+def head_hard_coded_width(model, num_classes, dropout=0.0):
+    name, _ = find_head(model)
+    setattr(model, name, nn.Linear(1280, num_classes))
+    return model
+
+
+def head_dropout_after(model, num_classes, dropout=0.0):
+    name, old = find_head(model)
+    linear = nn.Linear(ref_freezing.find_head(model)[1].in_features if isinstance(old, nn.Linear) else 5, num_classes)
+    setattr(model, name, nn.Sequential(linear, nn.Dropout(dropout)) if dropout else linear)
+    if getattr(model, "config", None) is not None:
+        model.config.num_labels = num_classes
+    return model
+
+
+def head_no_config(model, num_classes, dropout=0.0):
+    name, old = find_head(model)
+    in_features = next(m for m in old.modules() if isinstance(m, nn.Linear)).in_features
+    linear = nn.Linear(in_features, num_classes)
+    setattr(model, name, nn.Sequential(nn.Dropout(dropout), linear) if dropout else linear)
+    return model
+
+
+# 04 freezing ---------------------------------------------------------------------------------
+def freeze_everything(model):
+    model.requires_grad_(False)
+    return model
+
+
+def freeze_without_unfreezing_head(model):
+    _, head = find_head(model)
+    for p in model.parameters():
+        if not any(p is q for q in head.parameters()):
+            p.requires_grad_(False)
+    return model
+
+
+def freeze_up_to_exclusive(model, block_name):
+    names = ref_freezing.block_names(model)
+    if block_name not in names:
+        raise ValueError(f"unknown block {block_name!r}; one of {names}")
+    return ref_freezing.freeze_bottom(model, names.index(block_name))
+
+
+def freeze_up_to_no_unfreeze(model, block_name):
+    names = ref_freezing.block_names(model)
+    if block_name not in names:
+        raise ValueError(f"unknown block {block_name!r}; one of {names}")
+    for name, block in layer_blocks(model)[: names.index(block_name) + 1]:
+        block.requires_grad_(False)
+    return model
+
+
+def freeze_up_to_silent(model, block_name):
+    names = ref_freezing.block_names(model)
+    if block_name not in names:
+        return model
+    return ref_freezing.freeze_up_to(model, block_name)
+
+
+def bn_all_eval(model):
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+            count += 1
+    return count
+
+
+def bn_model_eval(model):
+    model.eval()
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def bn_any_frozen(model):
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and any(not p.requires_grad for p in m.parameters()):
+            m.eval()
+            count += 1
+    return count
+
+
+def bn_requires_grad_only(model):
+    return 0  # believes requires_grad=False already freezes BatchNorm
+
+
+# 05 param_groups / warmup_cosine -------------------------------------------------------------
+def groups_decay_everything(model, base_lr, head_lr_multiplier=10.0, layer_decay=1.0, weight_decay=0.01):
+    groups = ref_optim.param_groups(model, base_lr, head_lr_multiplier, layer_decay, weight_decay)
+    for g in groups:
+        g["weight_decay"] = weight_decay
+    return groups
+
+
+def groups_no_head_multiplier(model, base_lr, head_lr_multiplier=10.0, layer_decay=1.0, weight_decay=0.01):
+    return ref_optim.param_groups(model, base_lr, 1.0, layer_decay, weight_decay)
+
+
+def groups_decay_reversed(model, base_lr, head_lr_multiplier=10.0, layer_decay=1.0, weight_decay=0.01):
+    groups = ref_optim.param_groups(model, base_lr, head_lr_multiplier, 1.0, weight_decay)
+    blocks = [name for name, _ in layer_blocks(model)]
+    for g in groups:
+        name = g["name"].split(" ")[0]
+        if name in blocks:
+            g["lr"] = base_lr * layer_decay ** blocks.index(name)  # bottom block fastest
+    return groups
+
+
+def groups_with_frozen(model, base_lr, head_lr_multiplier=10.0, layer_decay=1.0, weight_decay=0.01):
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(True)
+    groups = ref_optim.param_groups(model, base_lr, head_lr_multiplier, layer_decay, weight_decay)
+    for p, f in flags.items():
+        p.requires_grad_(f)
+    return groups
+
+
+def cosine_warmup_off_by_one(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return ref_optim.warmup_cosine(step, total_steps, warmup_steps, base_lr)
+
+
+def cosine_no_clip(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine_from_zero(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    progress = min(1.0, step / total_steps)  # progress counted from step 0, not from the end of warmup
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# 06 train_one_epoch / evaluate / EarlyStopping -----------------------------------------------
+def train_no_zero_grad(model, loader, optimizer, loss_fn, scheduler=None):
+    model.train()
+    set_frozen_batchnorm_eval(model)
+    total, correct, seen = 0.0, 0, 0
+    for batch in loader:
+        logits, labels = ref_train.logits_and_labels(model, batch)
+        loss = loss_fn(logits, labels)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(labels)
+        correct += (logits.argmax(-1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total / seen, "accuracy": correct / seen}
+
+
+def train_frozen_bn_moves(model, loader, optimizer, loss_fn, scheduler=None):
+    model.train()
+    total, correct, seen = 0.0, 0, 0
+    for batch in loader:
+        logits, labels = ref_train.logits_and_labels(model, batch)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(labels)
+        correct += (logits.argmax(-1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total / seen, "accuracy": correct / seen}
+
+
+def train_batch_mean_loss(model, loader, optimizer, loss_fn, scheduler=None):
+    result = ref_train.train_one_epoch(model, loader, optimizer, loss_fn, scheduler)
+    return dict(result, loss=result["loss"] * 1.0001 + 1e-3)  # stands for averaging batch means
+
+
+def train_scheduler_per_epoch(model, loader, optimizer, loss_fn, scheduler=None):
+    result = ref_train.train_one_epoch(model, loader, optimizer, loss_fn, None)
+    if scheduler is not None:
+        scheduler.step()
+    return result
+
+
+def evaluate_train_mode(model, loader, loss_fn):
+    total, correct, seen = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in loader:
+            logits, labels = ref_train.logits_and_labels(model, batch)
+            total += loss_fn(logits, labels).item() * len(labels)
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
+    return {"loss": total / seen, "accuracy": correct / seen}
+
+
+def evaluate_no_restore(model, loader, loss_fn):
+    model.eval()
+    return evaluate_train_mode(model, loader, loss_fn)
+
+
+def evaluate_with_grad(model, loader, loss_fn):
+    was = model.training
+    model.eval()
+    total, correct, seen = 0.0, 0, 0
+    for batch in loader:
+        logits, labels = ref_train.logits_and_labels(model, batch)
+        total += loss_fn(logits, labels).item() * len(labels)
+        correct += (logits.argmax(-1) == labels).sum().item()
+        seen += len(labels)
+    model.train(was)
+    return {"loss": total / seen, "accuracy": correct / seen}
+
+
+def evaluate_batch_mean(model, loader, loss_fn):
+    was = model.training
+    model.eval()
+    losses, correct, seen = [], 0, 0
+    with torch.no_grad():
+        for batch in loader:
+            logits, labels = ref_train.logits_and_labels(model, batch)
+            losses.append(loss_fn(logits, labels).item())
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
+    model.train(was)
+    return {"loss": sum(losses) / len(losses), "accuracy": correct / seen}
+
+
+class StoppingLessOrEqual(ref_train.EarlyStopping):
+    def improved(self, value):
+        return self.best_ is None or value <= self.best_ - self.min_delta
+
+
+class StoppingOffByOne(ref_train.EarlyStopping):
+    def step(self, value):
+        self.epoch_ += 1
+        if self.improved(value):
+            self.best_, self.best_epoch_, self.bad_epochs_ = value, self.epoch_, 0
+        else:
+            self.bad_epochs_ += 1
+        return self.bad_epochs_ > self.patience
+
+
+class StoppingIgnoresDelta(ref_train.EarlyStopping):
+    def improved(self, value):
+        return self.best_ is None or value < self.best_
+
+
+# 07 metrics and the held-out test --------------------------------------------------------------
+def confusion_transposed(y_true, y_pred, num_classes):
+    return ref_eval.confusion_matrix(y_pred, y_true, num_classes)
+
+
+def confusion_present_only(y_true, y_pred, num_classes):
+    k = int(max(np.max(y_true), np.max(y_pred))) + 1
+    return ref_eval.confusion_matrix(y_true, y_pred, k)
+
+
+def f1_micro(y_true, y_pred):
+    return float((np.asarray(y_true) == np.asarray(y_pred)).mean())
+
+
+def f1_weighted(y_true, y_pred):
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="weighted"))
+
+
+def f1_of_means(y_true, y_pred):
+    from sklearn.metrics import precision_score, recall_score
+
+    p = precision_score(y_true, y_pred, average="macro", zero_division=0)
+    r = recall_score(y_true, y_pred, average="macro", zero_division=0)
+    return float(2 * p * r / (p + r))
+
+
+def bootstrap_without_replacement(correct, num_resamples=1000, seed=0):
+    correct = np.asarray(correct, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = [rng.permutation(correct).mean() for _ in range(num_resamples)]  # always the same mean
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def bootstrap_std_interval(correct, num_resamples=1000, seed=0):
+    correct = np.asarray(correct, dtype=float)
+    acc, sd = correct.mean(), correct.std()  # the spread of single examples, not of the mean
+    return float(acc - 1.96 * sd), float(acc + 1.96 * sd)
+
+
+def bootstrap_unseeded(correct, num_resamples=1000, seed=0):
+    return ref_eval.bootstrap_interval(correct, num_resamples, seed=np.random.randint(1 << 30))
+
+
+def select_on_test(candidates, val_loader, test):
+    results = {name: test.evaluate(model, allow_reuse=True) for name, model in candidates.items()}
+    best = max(results, key=lambda n: results[n]["accuracy"])
+    return best, results[best]
+
+
+def select_then_test_twice(candidates, val_loader, test):
+    scores = {n: ref_train.evaluate(m, val_loader)["accuracy"] for n, m in candidates.items()}
+    best = max(scores, key=scores.get)
+    test.evaluate(candidates[best])
+    return best, test.evaluate(candidates[best], allow_reuse=True)
+
+
+def select_worst(candidates, val_loader, test):
+    scores = {n: ref_train.evaluate(m, val_loader)["loss"] for n, m in candidates.items()}
+    best = max(scores, key=scores.get)  # highest loss
+    return best, test.evaluate(candidates[best])
+
+
+WRONG = {
+    "count_parameters": [("counts buffers", count_with_buffers), ("counts shared weights twice", count_shared_twice),
+                         ("ignores requires_grad", count_ignoring_frozen)],
+    "stratified_split": [("not stratified", split_not_stratified), ("train overlaps val", split_overlapping),
+                         ("ignores groups", split_ignoring_groups), ("ignores the seed", split_global_seed)],
+    "prepare_images": [("fixed statistics instead of the given ones", images_fixed_stats),
+                       ("no division by 255", images_no_scaling), ("nearest-neighbour resize", images_nearest)],
+    "collate_text": [("pads to max_length", collate_max_length_padding), ("no truncation", collate_no_truncation),
+                     ("float labels", collate_float_labels)],
+    "load_pretrained_weights": [("strict=False, no shape check", load_strict_false),
+                                ("silently skips mismatches", load_skip_mismatches),
+                                ("copies parameters but not buffers", load_parameters_only)],
+    "top_k_classes": [("predicts in train mode", top_k_train_mode), ("does not restore the mode", top_k_no_restore),
+                      ("records gradients", top_k_with_grad), ("logits, not probabilities", top_k_logits)],
+    "replace_head": [("hard-coded in_features", head_hard_coded_width), ("dropout after the linear", head_dropout_after),
+                     ("config.num_labels not updated", head_no_config)],
+    "freeze_backbone": [("freezes the head too", freeze_everything),
+                        ("leaves a frozen head frozen", freeze_without_unfreezing_head)],
+    "freeze_up_to": [("excludes block_name", freeze_up_to_exclusive), ("never unfreezes the top", freeze_up_to_no_unfreeze),
+                     ("ignores unknown names", freeze_up_to_silent)],
+    "set_frozen_batchnorm_eval": [("every BatchNorm to eval", bn_all_eval), ("model.eval()", bn_model_eval),
+                                  ("partly frozen counts as frozen", bn_any_frozen),
+                                  ("BatchNorm left in train mode", bn_requires_grad_only)],
+    "param_groups": [("weight decay on biases and norms", groups_decay_everything),
+                     ("no head multiplier", groups_no_head_multiplier),
+                     ("layer decay upside down", groups_decay_reversed),
+                     ("frozen parameters included", groups_with_frozen)],
+    "warmup_cosine": [("warmup off by one", cosine_warmup_off_by_one), ("no clip past the end", cosine_no_clip),
+                      ("cosine progress from step 0", cosine_from_zero)],
+    "train_one_epoch": [("no zero_grad", train_no_zero_grad), ("frozen BatchNorm in train mode", train_frozen_bn_moves),
+                        ("loss averaged over batches", train_batch_mean_loss),
+                        ("scheduler stepped per epoch", train_scheduler_per_epoch)],
+    "evaluate": [("evaluates in train mode", evaluate_train_mode), ("does not restore the mode", evaluate_no_restore),
+                 ("records gradients", evaluate_with_grad), ("loss averaged over batches", evaluate_batch_mean)],
+    "EarlyStopping": [("<= counts ties as improvements", StoppingLessOrEqual), ("patience off by one", StoppingOffByOne),
+                      ("ignores min_delta", StoppingIgnoresDelta)],
+    "confusion_matrix": [("transposed", confusion_transposed), ("drops absent classes", confusion_present_only)],
+    "macro_f1": [("micro F1 (accuracy)", f1_micro), ("weighted F1", f1_weighted),
+                 ("F1 of macro precision and recall", f1_of_means)],
+    "bootstrap_interval": [("resamples without replacement", bootstrap_without_replacement),
+                           ("spread of single examples", bootstrap_std_interval), ("unseeded", bootstrap_unseeded)],
+    "select_and_test": [("chooses on the test set", select_on_test), ("tests twice", select_then_test_twice),
+                        ("picks the highest loss", select_worst)],
+}
