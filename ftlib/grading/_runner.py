@@ -102,6 +102,7 @@ def main(argv: list[str]) -> int:
     if spec.get("cwd"):
         os.chdir(spec["cwd"])
         sys.path.insert(0, spec["cwd"])
+    sys.path[1:1] = spec.get("path", [])
     with open(results_path, "a", encoding="utf-8") as out:
         failed = guard.install(spec["watched"])
         _emit(out, event="guard", not_importable=failed)

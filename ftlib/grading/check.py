@@ -200,10 +200,12 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
     learner_cells = sorted(setup_cells(nb) + solution_cells(nb), key=lambda c: c.index)
     load = [{"kind": "course setup", "label": c.index, "source": c.source} for c in load_setup]
     load += [{"kind": c.kind, "label": c.grade_id or c.index, "source": c.source} for c in learner_cells]
-    watched = guard.watched_for(imported_modules([c["source"] for c in load_setup] + [c.source for c in graded]))
+    watched = guard.watched_for(imported_modules([c.source for c in load_setup + graded + hidden]))
     cwd = os.path.dirname(os.path.abspath(path))
+    # Support files (the checks module, data) lie beside the released notebook.
+    extra = [os.path.dirname(os.path.abspath(where))] if os.path.isfile(where) else []
     spec = {"load": load, "grade": [c._asdict() for c in graded], "timeout": timeout,
-            "watched": watched, "cwd": cwd}
+            "watched": watched, "cwd": cwd, "path": extra}
     with tempfile.TemporaryDirectory(prefix="ftlib-check-") as tmp:
         spec_path, results_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "results.jsonl")
         with open(spec_path, "w", encoding="utf-8") as f:
@@ -300,7 +302,9 @@ def check_main(argv: list[str]) -> int:
     got = sum(r["points"] for r in passed)
     total = sum(r["points"] for r in results)
     print(f"\n{len(passed)}/{len(results)} checks passed ({got:g}/{total:g} points; hidden tests not included).")
-    return 0 if len(passed) == len(results) else 1
+    if report["load_errors"]:
+        print("Some of your cells fail on their own (see above); grading runs them too, so fix them first.")
+    return 0 if len(passed) == len(results) and not report["load_errors"] else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""Unit tests of the grading pieces that need no kernel: notebook reading, guard, limits, sandbox."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ftlib.grading import guard, sandbox
+from ftlib.grading.limits import parse_memory, run_limited
+from ftlib.grading.notebook import (
+    NotebookError, duplicate_cell_ids, duplicate_grade_ids, grade_cells, imported_modules,
+    is_setup_source, read_notebook, setup_cells, solution_cells, strip_hidden_tests)
+
+import helpers
+
+
+def test_cells_of_the_toy_source():
+    nb = read_notebook(f"{helpers.FIXTURES}/ps1/ps1.ipynb")
+    assert [c.grade_id for c in solution_cells(nb)] == ["add", "normalize"]
+    assert [(c.grade_id, c.points) for c in grade_cells(nb)] == [
+        ("test_add", 1), ("test_add_hidden", 2), ("test_normalize", 1), ("test_normalize_hidden", 2)]
+    assert [c.source for c in setup_cells(nb)] == ["import numpy as np"]
+    assert imported_modules([c.source for c in grade_cells(nb)]) == ["ps1_checks"]
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("import torch\nfrom torch import nn", True),
+    ('"""doc"""\ndef f():\n    return train()\nclass A:\n    pass', True),
+    ("model = train()", False),
+    ("%matplotlib inline", False),
+    ("def f(:", False),
+    ("", False),
+])
+def test_is_setup_source(source, expected):
+    assert is_setup_source(source) is expected
+
+
+def test_read_notebook_errors_are_clear(tmp_path):
+    bad = tmp_path / "a.ipynb"
+    bad.write_text("{nope")
+    with pytest.raises(NotebookError, match="not valid JSON"):
+        read_notebook(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(NotebookError, match="not a notebook"):
+        read_notebook(bad)
+    with pytest.raises(NotebookError, match="does not exist"):
+        read_notebook(tmp_path / "missing.ipynb")
+    with pytest.raises(NotebookError, match="ending in .ipynb"):
+        read_notebook(tmp_path / "a.py")
+
+
+def test_missing_metadata_and_duplicates(tmp_path):
+    cells = [{"cell_type": "code", "source": ["x = 1"], "id": "a"},
+             {"cell_type": "code", "source": "y", "id": "a", "metadata": {"nbgrader": {"grade": True, "grade_id": "t", "points": "lots"}}},
+             {"cell_type": "code", "source": "z", "metadata": {"nbgrader": {"grade": True, "grade_id": "t"}}}]
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps({"cells": cells}))
+    nb = read_notebook(path)
+    assert [c.points for c in grade_cells(nb)] == [0.0, 0.0]
+    assert duplicate_grade_ids(nb) == ["t"] and duplicate_cell_ids(nb) == ["a"]
+
+
+def test_strip_hidden_tests_even_unterminated():
+    src = "a\n### BEGIN HIDDEN TESTS\nsecret\n### END HIDDEN TESTS\nb\n### BEGIN HIDDEN TESTS\nmore"
+    assert strip_hidden_tests(src) == "a\nb\n"
+
+
+def test_guard_restores_torch_numpy_and_checks():
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    guard.install(guard.watched_for(["torch", "numpy"]))
+    real_allclose, real_eq = torch.allclose, torch.Tensor.__eq__
+    torch.allclose = lambda *a, **k: True
+    torch.Tensor.__eq__ = lambda self, other: True
+    np.testing.assert_allclose = lambda *a, **k: None
+    restored = guard.restore()
+    assert {"torch.allclose", "torch.Tensor.__eq__", "numpy.testing.assert_allclose"} <= set(restored)
+    assert torch.allclose is real_allclose and torch.Tensor.__eq__ is real_eq
+    assert not torch.allclose(torch.zeros(2), torch.ones(2))
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(1.0, 2.0)
+    assert guard.restore() == []
+
+
+@pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29),
+                                            (None, None), ("none", None), (1024, 1024)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+def test_parse_memory_rejects_nonsense():
+    with pytest.raises(ValueError, match="'lots'"):
+        parse_memory("lots")
+
+
+def test_run_limited_kills_on_memory_and_time():
+    hog = [sys.executable, "-c", "b = []\nwhile True:\n    b.append(bytearray(50 * 2**20))\n    b[-1][::4096] = b'x' * len(b[-1][::4096])"]
+    r = run_limited(hog, memory=300 * 2**20, timeout=60)
+    assert r.status == "memory" and r.wall_s < 60
+    r = run_limited([sys.executable, "-c", "while True: pass"], timeout=1)
+    assert r.status == "timeout"
+    r = run_limited([sys.executable, "-c", "print('hi')"], timeout=30, stdout=subprocess.DEVNULL)
+    assert (r.status, r.returncode) == ("exited", 0)
+
+
+@pytest.mark.skipif(not sandbox.available()[0], reason="bubblewrap sandbox not available here")
+def test_sandbox_hides_paths_and_network(tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "answer.txt").write_text("42")
+    code = ("import os, socket\nprint(os.listdir(%r))\n"
+            "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\n    print('net')\n"
+            "except OSError:\n    print('nonet')" % str(secret))
+    out = subprocess.run(sandbox.wrap([sys.executable, "-c", code], hide=[str(secret)], writable=[]),
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["[]", "nonet"]
+    with pytest.raises(ValueError, match="expose"):
+        sandbox.wrap(["true"], hide=[str(secret)], writable=[str(tmp_path)])
