@@ -67,6 +67,25 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+# Technique options on the command line: flag -> (technique, option name).
+_TECHNIQUE_FLAGS = {"alpha": ("l2sp", "alpha"), "layer_decay": ("discriminative", "layer_decay"),
+                    "lora_rank": ("lora", "r")}
+
+
+def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
+    """Options given by flags, per technique; a flag for a technique not run is an error."""
+    options: dict[str, dict] = {}
+    for flag, (technique, name) in _TECHNIQUE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if technique not in techniques:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to the {technique!r} technique, which is not "
+                             f"being run (techniques: {', '.join(techniques)}).")
+        options.setdefault(technique, {})[name] = value
+    return options
+
+
 def _cmd_finetune(args) -> int:
     from ftlib.pipeline import FinetuneConfig, finetune
 
@@ -74,9 +93,48 @@ def _cmd_finetune(args) -> int:
                          train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          image_size=args.image_size, max_length=args.max_length, out=args.out,
-                         allow_download=args.allow_download, progress=not args.quiet)
+                         allow_download=args.allow_download, progress=not args.quiet,
+                         technique_options=_technique_options(args, [args.technique]).get(args.technique, {}))
     finetune(cfg)
     return 0
+
+
+def _cmd_compare(args) -> int:
+    from ftlib.compare import CompareConfig, compare
+
+    cfg = CompareConfig(task=args.task, model=args.model, dataset=args.dataset, techniques=args.techniques,
+                        train_sizes=args.train_sizes, seeds=args.seeds, val_size=args.val_size,
+                        test_size=args.test_size, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                        max_length=args.max_length, image_size=args.image_size, quick=args.quick, out=args.out,
+                        progress=args.progress)
+    cfg = cfg.resolved()  # bad options fail here, before any data is loaded
+    cfg.technique_options = _technique_options(args, cfg.techniques)
+    if args.dry_run:
+        from ftlib.compare import estimate_seconds
+
+        print(f"{len(cfg.seeds) * len(cfg.train_sizes) * len(cfg.techniques)} runs: techniques "
+              f"{', '.join(cfg.techniques)}; train sizes {cfg.train_sizes}; seeds {cfg.seeds}; about "
+              f"{estimate_seconds(cfg) / 60:.1f} min on an idle 2-core CPU.")
+        return 0
+    compare(cfg)
+    return 0
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--alpha", type=_non_negative_float, help="l2sp: penalty strength (default 0.01)")
+    parser.add_argument("--layer-decay", type=_positive_float,
+                        help="discriminative: lr factor per block going down (default 0.95)")
+    parser.add_argument("--lora-rank", type=_positive_int, help="lora: adapter rank r (default 8)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +169,31 @@ def _build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", help="output folder (default: runs/<time>-<model>-<dataset>-<technique>)")
     ft.add_argument("--allow-download", action="store_true", help="allow Hugging Face model ids (needs internet)")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_technique_flags(ft)
     ft.set_defaults(func=_cmd_finetune)
+
+    cmp = sub.add_parser("compare", help="compare techniques over training sizes and seeds on one task "
+                         "(tables and plots; about 15 min, --quick about 2 min)")
+    cmp.add_argument("--task", choices=["text", "image"], default="text")
+    cmp.add_argument("--model", help="registered model (default: the task's)")
+    cmp.add_argument("--dataset", help="registered data set (default: the task's)")
+    cmp.add_argument("--techniques", nargs="+", choices=list(TECHNIQUES), metavar="TECHNIQUE",
+                     help=f"techniques to compare, from: {', '.join(TECHNIQUES)}")
+    cmp.add_argument("--train-sizes", nargs="+", type=_positive_int, metavar="N")
+    cmp.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
+    cmp.add_argument("--val-size", type=_positive_int)
+    cmp.add_argument("--test-size", type=_positive_int)
+    cmp.add_argument("--epochs", type=_positive_int)
+    cmp.add_argument("--lr", type=_positive_float)
+    cmp.add_argument("--batch-size", type=_positive_int, default=32)
+    cmp.add_argument("--max-length", type=_positive_int, default=64)
+    cmp.add_argument("--image-size", type=_positive_int)
+    cmp.add_argument("--out", help="output folder (default: runs/<time>-compare-<model>-<dataset>)")
+    cmp.add_argument("--quick", action="store_true", help="a first look: fewer techniques, one seed (~2 min)")
+    cmp.add_argument("--dry-run", action="store_true", help="print the grid and the time estimate, run nothing")
+    cmp.add_argument("--progress", action="store_true", help="progress bars inside each run")
+    _add_technique_flags(cmp)
+    cmp.set_defaults(func=_cmd_compare)
     return parser
 
 
