@@ -21,7 +21,7 @@ def _reference(module: str, exercise: str):
     raise LookupError(exercise)
 
 
-CASES = [(m, e) for m, names in EXERCISES.items() for e in names if m != "techniques"]
+CASES = [(m, e) for m, names in EXERCISES.items() for e in names]
 
 
 def _stub(*args, **kwargs):
@@ -62,6 +62,21 @@ def test_check_rejects_wrong_answer(module, exercise, description, wrong):
 def test_every_exercise_has_wrong_answers():
     missing = [e for _, e in CASES if not WRONG.get(e)]
     assert not missing, f"no wrong answers for {missing}"
+
+
+@pytest.mark.parametrize("lr", [3e-4, 1e-3, 4e-3, 1e-2])
+def test_lr_choice_accepts_the_steep_descent(lr):
+    from ftlib.checks.hyperparameters import check_lr_choice
+
+    check_lr_choice(lr)
+
+
+@pytest.mark.parametrize("lr", [1e-5, 1e-4, 3e-2, 0.3, -1e-3, "1e-3", None])
+def test_lr_choice_rejects_flat_start_divergence_and_non_numbers(lr):
+    from ftlib.checks.hyperparameters import check_lr_choice
+
+    with pytest.raises(CheckFailure):
+        check_lr_choice(lr)
 
 
 def test_failure_is_an_assertion_error_subclass_not_a_bare_one():

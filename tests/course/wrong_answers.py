@@ -483,6 +483,83 @@ def select_worst(candidates, val_loader, test):
     return best, test.evaluate(candidates[best])
 
 
+# 08 extract_features / l2sp_penalty -------------------------------------------------------------
+def _features_with(model, loader, pool, train_mode=False):
+    from ftlib.features import text_encoder
+
+    was = model.training
+    model.train(train_mode)
+    X, y = [], []
+    with torch.no_grad():
+        for batch in loader:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            if "input_ids" in inputs:
+                hidden = text_encoder(model)(**inputs).last_hidden_state
+                X.append(pool(hidden, inputs["attention_mask"]))
+            else:
+                _, head = find_head(model)
+                seen = []
+                hook = head.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+                model(inputs["pixel_values"])
+                hook.remove()
+                X.append(seen[0].flatten(1))
+            y.append(batch["labels"])
+    model.train(was)
+    return torch.cat(X).numpy(), torch.cat(y).numpy()
+
+
+def _mean_pool(hidden, mask):
+    from ftlib.features import mean_pool
+
+    return mean_pool(hidden, mask)
+
+
+def features_train_mode(backbone, loader):
+    return _features_with(backbone, loader, _mean_pool, train_mode=True)
+
+
+def features_cls_token(backbone, loader):
+    return _features_with(backbone, loader, lambda hidden, mask: hidden[:, 0])
+
+
+def features_pool_with_padding(backbone, loader):
+    return _features_with(backbone, loader, lambda hidden, mask: hidden.mean(dim=1))
+
+
+def features_logits(backbone, loader):
+    from ftlib.features import extract_features
+
+    X, y = extract_features(backbone, loader)
+    if X.shape[1] == 6:  # the image case: return the head's outputs instead of its inputs
+        _, head = find_head(backbone)
+        with torch.no_grad():
+            X = head(torch.as_tensor(X)).numpy()
+    return X, y
+
+
+def l2sp_with_head(model, pretrained_state, alpha):
+    terms = [(p - pretrained_state[n]).pow(2).sum() for n, p in model.named_parameters() if n in pretrained_state]
+    return 0.5 * alpha * torch.stack(terms).sum()
+
+
+def l2sp_to_zero(model, pretrained_state, alpha):
+    head, _ = find_head(model)
+    terms = [p.pow(2).sum() for n, p in model.named_parameters() if not n.startswith(head + ".")]
+    return 0.5 * alpha * torch.stack(terms).sum()
+
+
+def l2sp_no_half(model, pretrained_state, alpha):
+    from ftlib.regularization import l2sp_penalty
+
+    return 2 * l2sp_penalty(model, pretrained_state, alpha)
+
+
+def l2sp_detached(model, pretrained_state, alpha):
+    from ftlib.regularization import l2sp_penalty
+
+    return torch.tensor(float(l2sp_penalty(model, pretrained_state, alpha)))
+
+
 WRONG = {
     "count_parameters": [("counts buffers", count_with_buffers), ("counts shared weights twice", count_shared_twice),
                          ("ignores requires_grad", count_ignoring_frozen)],
@@ -526,4 +603,8 @@ WRONG = {
                            ("spread of single examples", bootstrap_std_interval), ("unseeded", bootstrap_unseeded)],
     "select_and_test": [("chooses on the test set", select_on_test), ("tests twice", select_then_test_twice),
                         ("picks the highest loss", select_worst)],
+    "extract_features": [("train mode", features_train_mode), ("[CLS] token, not mean pooling", features_cls_token),
+                         ("mean over padding too", features_pool_with_padding), ("logits, not features", features_logits)],
+    "l2sp_penalty": [("head included", l2sp_with_head), ("distance to zero", l2sp_to_zero),
+                     ("no factor 1/2", l2sp_no_half), ("detached", l2sp_detached)],
 }
