@@ -25,14 +25,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
 from ftlib.grading import guard, sandbox
-from ftlib.grading.limits import parse_memory, run_limited
+from ftlib.grading.limits import parse_memory, watch
 from ftlib.grading.notebook import imported_modules, setup_cells
 
 __all__ = ["grade_main", "grade_assignment", "STATUSES"]
@@ -138,6 +137,37 @@ def _watched(course_dir: str, coursedir, assignment: str, info: dict) -> list[st
     return guard.watched_for(imported_modules(sources))
 
 
+def _forked_worker(spec_path: str, log_path: str, env: dict[str, str]) -> None:
+    """Body of a worker forked from the fork server: nbgrader is already imported."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(os.path.dirname(spec_path))
+    from ftlib.grading.autograde import main
+
+    main([spec_path])
+
+
+_CONTEXT: list = []
+
+
+def _fork_context():
+    # One fork server per grading process imports nbgrader once (about 3 s of CPU); each
+    # submission is then a cheap fork of it rather than a fresh interpreter.
+    import multiprocessing as mp
+
+    if not _CONTEXT:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["ftlib.grading.autograde"])
+        _CONTEXT.append(ctx)
+    return _CONTEXT[0]
+
+
 def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
     """Run one worker under limits (called in a thread) and read back its result."""
     out_dir = job["spec"]["output_dir"]
@@ -145,16 +175,17 @@ def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump(job["spec"], f)
     log_path = os.path.join(out_dir, "worker.log")
-    with open(log_path, "wb") as log:
-        run = run_limited([sys.executable, "-m", "ftlib.grading.autograde", spec_path],
-                          timeout=job["timeout"], memory=job["memory"], stdin=subprocess.DEVNULL,
-                          stdout=log, stderr=log, env=job["env"], cwd=out_dir)
+    proc = _fork_context().Process(target=_forked_worker, args=(spec_path, log_path, job["env"]))
+    proc.start()
+    status, wall, peak = watch(proc.pid, lambda: not proc.is_alive(), timeout=job["timeout"], memory=job["memory"])
+    proc.join()
+    run = {"status": status, "returncode": proc.exitcode, "wall_s": wall, "peak_rss": peak}
     result_path = os.path.join(out_dir, "result.json")
     result = None
-    if run.status == "exited" and os.path.exists(result_path):
+    if status == "exited" and os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as f:
             result = json.load(f)
-    return {"job": job, "run": run._asdict(), "result": result, "log": log_path}
+    return {"job": job, "run": run, "result": result, "log": log_path}
 
 
 def _log_tail(path: str, n: int = 3) -> str:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import psutil
 
-__all__ = ["RunResult", "run_limited", "parse_memory", "kill_tree"]
+__all__ = ["RunResult", "run_limited", "watch", "parse_memory", "kill_tree"]
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -111,12 +111,25 @@ def run_limited(cmd: list[str], *, timeout: float | None = None, memory: int | N
     """
     if timeout is not None and timeout <= 0:
         raise ValueError(f"The 'timeout' must be a positive number of seconds, got {timeout!r}.")
-    start = time.monotonic()
     proc = subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)
-    root = psutil.Process(proc.pid)
+    status, wall, peak = watch(proc.pid, lambda: proc.poll() is not None, timeout=timeout, memory=memory,
+                               poll_s=poll_s)
+    proc.wait()
+    return RunResult(status, proc.returncode, wall, peak)
+
+
+def watch(pid: int, finished, *, timeout: float | None = None, memory: int | None = None,
+          poll_s: float = 0.05) -> tuple[str, float, int]:
+    """Watch the running process ``pid`` until ``finished()`` is true or a limit is hit.
+
+    On a limit the whole tree is killed. Returns ``(status, wall_s, peak_rss)`` with
+    ``status`` one of ``"exited"``, ``"timeout"``, ``"memory"``.
+    """
+    start = time.monotonic()
+    root = psutil.Process(pid)
     peak, procs, tick = 0, [root], 0
     status = "exited"
-    while proc.poll() is None:
+    while not finished():
         if tick % 10 == 0:  # listing children is the costly part; memory is read every tick
             procs = _tree(root) or procs
         tick += 1
@@ -127,7 +140,7 @@ def run_limited(cmd: list[str], *, timeout: float | None = None, memory: int | N
         elif timeout is not None and time.monotonic() - start > timeout:
             status = "timeout"
         if status != "exited":
-            kill_tree(proc.pid)
+            kill_tree(pid)
             break
         time.sleep(poll_s)
     # Grandchildren that outlive a finished parent (a stray kernel) must not linger.
@@ -137,5 +150,4 @@ def run_limited(cmd: list[str], *, timeout: float | None = None, memory: int | N
                 p.kill()
             except psutil.Error:
                 pass
-    proc.wait()
-    return RunResult(status, proc.returncode, time.monotonic() - start, peak)
+    return status, time.monotonic() - start, peak
