@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -137,3 +139,21 @@ def test_early_stopping_is_fits_patience(tiny_cnn):
     history = fit(tiny_cnn, make_image_loader(), make_image_loader(seed=1), epochs=10, lr=1e-3, patience=1,
                   min_delta=10.0, progress=False)
     assert history.stopped_early and len(history) == 2
+
+
+def test_forgetting_report_on_a_tiny_model():
+    from ftlib.forgetting import forgetting_report, reattach_head
+    from ftlib.heads import replace_head
+
+    torch.manual_seed(0)
+    pretrained = load_model("tiny-cnn", num_classes=10)
+    finetuned = replace_head(copy.deepcopy(pretrained), 3)
+    images = torch.randn(64, 3, 16, 16)
+    same = forgetting_report(finetuned, pretrained, images)
+    assert same["top1_agreement"] == 1.0 and same["top5_overlap"] == 1.0 and same["weight_drift"] == 0.0
+    with torch.no_grad():
+        finetuned.blocks[0][0].weight.normal_()  # a backbone rewritten by "fine-tuning"
+    changed = forgetting_report(finetuned, pretrained, images)
+    assert changed["top1_agreement"] < 1.0 and changed["weight_drift"] > 0.0
+    assert finetuned.fc.out_features == 3  # the report copies; the fine-tuned model keeps its head
+    assert reattach_head(finetuned, pretrained).fc.out_features == 10

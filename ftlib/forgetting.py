@@ -1,0 +1,116 @@
+"""Forgetting: how much of the pretraining task survives fine-tuning.
+
+Fine-tuning is judged by its gain on the new task; this module measures the other
+side of the trade. For the ImageNet model, the original 1000-class head (``_fc``) is
+re-attached to the fine-tuned backbone and both models classify the same natural
+photos: the share of photos whose top-1 ImageNet class is unchanged is the
+*agreement* (1.0: nothing forgotten). The relative drift ``||w - w0|| / ||w0||`` of the
+backbone's weights says how far fine-tuning moved them.
+
+Fine-tuning changes BatchNorm running statistics too (buffers, not parameters): they
+count in the agreement (the re-attached head sees them) but not in the weight drift.
+
+The photos are crops of scikit-learn's two sample images (a temple and a flower):
+real ImageNet-like content that ships offline.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ftlib.heads import find_head
+from ftlib.regularization import backbone_state, weight_distance
+
+__all__ = ["probe_photos", "reattach_head", "imagenet_predictions", "forgetting_report"]
+
+
+def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.Tensor:
+    """Prepared crops of the two sample photos: (2 + 2 * num_crops, 3, size, size).
+
+    Each photo gives its centred square crop plus ``num_crops`` random square crops
+    (a third to all of the shorter side), normalized for EfficientNet-Lite0.
+    """
+    from ftlib.data import prepare_images
+    from ftlib.models import MODELS
+    from ftlib.weights import sample_photos
+
+    if isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 0:
+        raise ValueError(f"num_crops must be an integer >= 0; got {num_crops!r}.")
+    spec = MODELS["efficientnet-lite0"]
+    rng = np.random.default_rng(seed)
+    _, photos = sample_photos()
+    crops = []
+    for photo in photos:  # (H, W, 3) uint8
+        h, w = photo.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        crops.append(prepare_images(photo[None, top:top + side, left:left + side], size, spec.mean, spec.std))
+        for _ in range(num_crops):
+            s = int(rng.integers(side // 3, side + 1))
+            t, l = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            crops.append(prepare_images(photo[None, t:t + s, l:l + s], size, spec.mean, spec.std))
+    return torch.cat(crops)
+
+
+def reattach_head(finetuned: nn.Module, pretrained: nn.Module) -> nn.Module:
+    """A copy of ``finetuned`` with ``pretrained``'s original head in place of the new one.
+
+    Neither model is modified.
+    """
+    name, head = find_head(pretrained)
+    new_name, _ = find_head(finetuned)
+    if name != new_name:
+        raise ValueError(f"The models' heads differ in name ({name!r} vs {new_name!r}); are they the same "
+                         "architecture?")
+    model = copy.deepcopy(finetuned)
+    setattr(model, name, copy.deepcopy(head))
+    return model
+
+
+@torch.no_grad()
+def imagenet_predictions(model: nn.Module, images: torch.Tensor, k: int = 5) -> np.ndarray:
+    """Top-``k`` class ids (N, k), in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(images)
+    finally:
+        model.train(was_training)
+    logits = getattr(logits, "logits", logits)
+    return logits.topk(k, dim=-1).indices.cpu().numpy()
+
+
+def forgetting_report(finetuned: nn.Module, pretrained: nn.Module, images: torch.Tensor) -> dict:
+    """What the fine-tuned backbone still knows of the pretraining task.
+
+    Parameters
+    ----------
+    finetuned : nn.Module
+        The fine-tuned model (with its new head).
+    pretrained : nn.Module
+        The original model with its original head (``load_model(name, num_classes=None)``).
+    images : Tensor
+        Prepared images (N, 3, H, W), e.g. :func:`probe_photos`.
+
+    Returns
+    -------
+    dict with ``top1_agreement`` (share of images with the same top-1 class),
+    ``top5_overlap`` (mean share of the original top-5 still in the top-5),
+    ``weight_drift`` (relative, backbone only) and ``drift_per_block``.
+    """
+    device = next(pretrained.parameters()).device
+    images = images.to(device)
+    original = imagenet_predictions(pretrained, images)  # (N, 5)
+    after = imagenet_predictions(reattach_head(finetuned, pretrained).to(device), images)
+    overlap = [len(set(a) & set(b)) / len(a) for a, b in zip(original, after)]
+    drift = weight_distance(finetuned, backbone_state(pretrained))
+    return {
+        "top1_agreement": float((original[:, 0] == after[:, 0]).mean()),
+        "top5_overlap": float(np.mean(overlap)),
+        "weight_drift": drift["relative"],
+        "drift_per_block": drift["per_block"],
+        "num_images": int(len(images)),
+    }
