@@ -328,6 +328,7 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
         c.CourseDirectory.student_id = student
         c.Execute.timeout = int(spec["cell_timeout"])
         c.Execute.execute_retries = 0
+        c.GradingExecute.shutdown_kernel = "immediate"  # the kernel's state is thrown away anyway
         c.GradingExecute.max_output_bytes = int(spec["max_output_bytes"])
         c.GradingExecute.watched_modules = list(spec["watched_modules"])
         c.GradingExecute.kernel_manager_class = SandboxKernelManager
