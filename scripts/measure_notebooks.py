@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grading", action="store_true", help="the small budget used under nbgrader")
     parser.add_argument("--release", action="store_true", help="run course/ notebooks instead of solutions/")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the kernel")
+    parser.add_argument("--save", metavar="DIR", help="write the executed notebooks there (never into the repo)")
     args = parser.parse_args(argv)
     env = {"NBGRADER_EXECUTION": "autograde"} if args.grading else {}
     if args.threads:
@@ -33,6 +34,11 @@ def main(argv=None) -> int:
         path = release_notebook(name) if args.release else solution_notebook(name)
         nb, seconds, peak = run_notebook(path, env=env, allow_errors=True)
         found = errors(nb)
+        if args.save:
+            import nbformat
+
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, str(Path(args.save) / f"{name}.ipynb"))
         failed += bool(found) and not args.release
         print(f"{name:24s} {seconds:8.1f} {peak:8.0f}  {len(found)} {found[:2] if found else ''}", flush=True)
     return 1 if failed else 0
