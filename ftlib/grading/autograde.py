@@ -293,7 +293,8 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
     from traitlets.config import Config
 
     out_dir = spec["output_dir"]
-    tmp = tempfile.mkdtemp(prefix="ftlib-grade-")
+    # Under the parent's work folder, so a worker killed for time or memory leaves nothing behind.
+    tmp = tempfile.mkdtemp(prefix="ftlib-grade-", dir=spec.get("tmp_root"))
     try:
         os.chmod(tmp, 0o700)
         course = os.path.join(tmp, "course")
@@ -372,7 +373,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(argv[0], encoding="utf-8") as f:
         spec = json.load(f)
-    os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ftlib-runtime-")
+    os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ftlib-runtime-", dir=spec.get("tmp_root"))
     try:
         autograde_submission(spec)
     finally:

@@ -364,7 +364,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                     "template_db": template, "support_dir": source_dir, "notebooks": sorted(info["notebooks"]),
                     "cell_timeout": cell_timeout, "max_output_bytes": max_output_bytes,
                     "watched_modules": watched, "sandbox": sandboxed, "hide": hide,
-                    "include_hidden": include_hidden, "output_dir": out_dir}
+                    "include_hidden": include_hidden, "output_dir": out_dir, "tmp_root": out_dir}
             jobs.append({"student": student, "spec": spec, "timeout": timeout, "memory": memory, "env": env,
                          "hash": digest, "sub": sub})
         skipped = len(everyone) - len(jobs) - sum(1 for r in rows.values() if r["status"] == "missing")
