@@ -201,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default; hub ids opt in
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("check", "grade"):
-        from ftlib import grading
+    if argv and argv[0] == "check":  # the grading commands parse their own options
+        from ftlib.grading.check import check_main
 
-        return getattr(grading, f"{argv[0]}_main")(argv[1:])
+        return check_main(argv[1:])
+    if argv and argv[0] == "grade":
+        from ftlib.grading.grade import grade_main
+
+        return grade_main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "allow_download", False):
