@@ -50,8 +50,8 @@ def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.T
         crops.append(prepare_images(photo[None, top:top + side, left:left + side], size, spec.mean, spec.std))
         for _ in range(num_crops):
             s = int(rng.integers(side // 3, side + 1))
-            t, l = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-            crops.append(prepare_images(photo[None, t:t + s, l:l + s], size, spec.mean, spec.std))
+            y0, x0 = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            crops.append(prepare_images(photo[None, y0:y0 + s, x0:x0 + s], size, spec.mean, spec.std))
     return torch.cat(crops)
 
 

@@ -168,7 +168,8 @@ def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1); got {smoothing!r}.")
     if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"expected logits (N, K) and labels (N,); got {tuple(logits.shape)} and {tuple(labels.shape)}.")
+        raise ValueError(f"expected logits (N, K) and labels (N,); got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}.")
     log_p = F.log_softmax(logits, dim=-1)  # (N, K)
     nll = -log_p.gather(1, labels[:, None]).squeeze(1)  # (N,)
     uniform = -log_p.mean(dim=-1)  # (N,)

@@ -301,27 +301,33 @@ def _options(technique: "Technique", cfg) -> dict:
     return {**technique.options, **given}
 
 
-def _common(cfg) -> dict:
-    return {"epochs": cfg.epochs, "seed": cfg.seed, "progress": cfg.progress}
+def _training_kwargs(cfg, opts: dict) -> dict:
+    """The run's budget for techniques that train with ``fit``; ``lr_factor`` scales ``cfg.lr``."""
+    return {"epochs": cfg.epochs, "lr": cfg.lr * opts.pop("lr_factor", 1.0), "seed": cfg.seed,
+            "progress": cfg.progress}
 
 
-def _adapter(name: str, function: Callable, description: str, options: dict | None = None,
-             *, uses_lr: bool = True, text_only: bool = False) -> Technique:
+def _scratch_kwargs(cfg, opts: dict) -> dict:
+    return {**_training_kwargs(cfg, opts), "model_name": cfg.model}
+
+
+def _feature_kwargs(cfg, opts: dict) -> dict:
+    """No epochs or lr; the cache key names everything the features depend on."""
+    kwargs = {"seed": cfg.seed, "progress": cfg.progress}
+    cache_dir = opts.pop("cache_dir", None)
+    if cache_dir:
+        kwargs["cache_dir"] = cache_dir
+        kwargs["cache_key"] = {k: getattr(cfg, k, None) for k in (
+            "model", "dataset", "seed", "train_size", "val_size", "test_size", "max_length", "image_size")}
+    return kwargs
+
+
+def _adapter(name: str, function: Callable, description: str, options: dict | None = None, *,
+             kwargs_from=_training_kwargs, text_only: bool = False) -> Technique:
+    """A registry entry whose ``run(model, train_loader, val_loader, cfg)`` calls ``function``."""
     def run(model, train_loader, val_loader, cfg) -> dict:
         opts = _options(TECHNIQUES[name], cfg)
-        kwargs = _common(cfg)
-        if uses_lr:
-            kwargs["lr"] = cfg.lr * opts.pop("lr_factor", 1.0)
-        else:
-            kwargs = {"seed": cfg.seed, "progress": cfg.progress}
-        if name == "scratch":
-            kwargs["model_name"] = cfg.model
-        if name == "feature-extraction":
-            cache_dir = opts.pop("cache_dir", None)
-            if cache_dir:
-                kwargs["cache_dir"] = cache_dir
-                kwargs["cache_key"] = {k: getattr(cfg, k, None) for k in (
-                    "model", "dataset", "seed", "train_size", "val_size", "test_size", "max_length", "image_size")}
+        kwargs = kwargs_from(cfg, opts)  # consumes the options it handles
         return function(model, train_loader, val_loader, **kwargs, **opts)
 
     return Technique(name, description, run, dict(options or {}), text_only)
@@ -331,10 +337,11 @@ TECHNIQUES: dict[str, Technique] = {
     t.name: t
     for t in [
         _adapter("full", full_finetune, "every weight trains, one learning rate"),
-        _adapter("scratch", from_scratch, "same architecture, random initial weights, trained like full"),
+        _adapter("scratch", from_scratch, "same architecture, random initial weights, trained like full",
+                 kwargs_from=_scratch_kwargs),
         _adapter("feature-extraction", feature_extraction,
                  "frozen backbone features + LogisticRegression (C chosen on validation)",
-                 {"cache_dir": None}, uses_lr=False),
+                 {"cache_dir": None}, kwargs_from=_feature_kwargs),
         _adapter("frozen", train_frozen, "frozen backbone, head trained with fit at 10x lr",
                  {"head_lr_multiplier": 10.0}),
         _adapter("lp-ft", lp_ft, "linear probe the head, then fine-tune all at half the lr",
