@@ -9,6 +9,8 @@ backbone's weights says how far fine-tuning moved them.
 
 Fine-tuning changes BatchNorm running statistics too (buffers, not parameters): they
 count in the agreement (the re-attached head sees them) but not in the weight drift.
+A second agreement puts the pretrained statistics back, separating what the weights
+forgot from what the statistics did.
 
 The photos are crops of scikit-learn's two sample images (a temple and a flower):
 real ImageNet-like content that ships offline.
@@ -24,7 +26,7 @@ from torch import nn
 from ftlib.heads import find_head
 from ftlib.regularization import backbone_state, weight_distance
 
-__all__ = ["probe_photos", "reattach_head", "imagenet_predictions", "forgetting_report"]
+__all__ = ["probe_photos", "reattach_head", "restore_buffers", "imagenet_predictions", "forgetting_report"]
 
 
 def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.Tensor:
@@ -71,6 +73,17 @@ def reattach_head(finetuned: nn.Module, pretrained: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def restore_buffers(model: nn.Module, pretrained: nn.Module) -> nn.Module:
+    """A copy of ``model`` with ``pretrained``'s buffers (BatchNorm running statistics)."""
+    model = copy.deepcopy(model)
+    source = dict(pretrained.named_buffers())
+    for name, buffer in model.named_buffers():
+        if name in source and source[name].shape == buffer.shape:
+            buffer.copy_(source[name])
+    return model
+
+
+@torch.no_grad()
 def imagenet_predictions(model: nn.Module, images: torch.Tensor, k: int = 5) -> np.ndarray:
     """Top-``k`` class ids (N, k), in eval mode; the model's mode is restored."""
     was_training = model.training
@@ -99,17 +112,22 @@ def forgetting_report(finetuned: nn.Module, pretrained: nn.Module, images: torch
     -------
     dict with ``top1_agreement`` (share of images with the same top-1 class),
     ``top5_overlap`` (mean share of the original top-5 still in the top-5),
-    ``weight_drift`` (relative, backbone only) and ``drift_per_block``.
+    ``top1_agreement_pretrained_stats`` (the same with the pretrained BatchNorm
+    statistics put back: what the weights alone forgot), ``weight_drift`` (relative,
+    backbone only) and ``drift_per_block``.
     """
     device = next(pretrained.parameters()).device
     images = images.to(device)
     original = imagenet_predictions(pretrained, images)  # (N, 5)
-    after = imagenet_predictions(reattach_head(finetuned, pretrained).to(device), images)
+    reattached = reattach_head(finetuned, pretrained).to(device)
+    after = imagenet_predictions(reattached, images)
+    after_stats = imagenet_predictions(restore_buffers(reattached, pretrained), images)
     overlap = [len(set(a) & set(b)) / len(a) for a, b in zip(original, after)]
     drift = weight_distance(finetuned, backbone_state(pretrained))
     return {
         "top1_agreement": float((original[:, 0] == after[:, 0]).mean()),
         "top5_overlap": float(np.mean(overlap)),
+        "top1_agreement_pretrained_stats": float((original[:, 0] == after_stats[:, 0]).mean()),
         "weight_drift": drift["relative"],
         "drift_per_block": drift["per_block"],
         "num_images": int(len(images)),

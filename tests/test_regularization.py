@@ -159,3 +159,18 @@ def test_forgetting_report_on_a_tiny_model():
     assert changed["top1_agreement"] < 1.0 and changed["weight_drift"] > 0.0
     assert finetuned.fc.out_features == 3  # the report copies; the fine-tuned model keeps its head
     assert reattach_head(finetuned, pretrained).fc.out_features == 10
+
+
+def test_forgetting_separates_batchnorm_statistics_from_weights():
+    from ftlib.forgetting import forgetting_report
+    from ftlib.heads import replace_head
+
+    torch.manual_seed(0)
+    pretrained = load_model("tiny-cnn", num_classes=10)
+    finetuned = replace_head(copy.deepcopy(pretrained), 3)
+    with torch.no_grad():
+        finetuned.blocks[0][1].running_mean.fill_(3.0)  # only the statistics moved, as on new data
+        finetuned.blocks[0][1].running_var.fill_(0.1)
+    report = forgetting_report(finetuned, pretrained, torch.randn(64, 3, 16, 16))
+    assert report["top1_agreement"] < 1.0 and report["weight_drift"] == 0.0
+    assert report["top1_agreement_pretrained_stats"] == 1.0
