@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # nbgrader runs programs from the environment (alembic) when it creates a gradebook.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-fast lab course bench clean
+.PHONY: setup demo test test-fast lab course course-check measure-notebooks bench clean
 
 setup: $(STAMP) .stamp-debian
 
@@ -39,6 +39,16 @@ test-fast: setup
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=course
+
+# Regenerate the learner notebooks (course/) from the instructor sources (solutions/).
+course: setup
+	$(BIN)/python scripts/generate_course.py
+
+course-check: setup
+	$(BIN)/python scripts/generate_course.py --check
+
+measure-notebooks: setup
+	$(BIN)/python scripts/measure_notebooks.py --threads 1
 
 bench: setup
 	$(BIN)/python bench/run_all.py
