@@ -68,23 +68,17 @@ def _copy_tracked_files(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def _answered_notebook(repo: Path) -> tuple[Path, str]:
+def _answered_notebook(repo: Path) -> Path:
     """The learner's notebook with its solution cells taken from the instructor's source."""
     release = repo / "course" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     source = repo / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
-    kind = "course notebook"
-    if not release.exists():  # the course notebook is not committed yet: the browser fixture
-        fixtures = ROOT / "tests" / "browser" / "fixtures"
-        for sub in ("course", "solutions"):
-            shutil.copytree(fixtures / sub / ASSIGNMENT, repo / sub / ASSIGNMENT, dirs_exist_ok=True)
-        kind = "FIXTURE (no committed course notebook)"
+    assert release.exists() and source.exists(), f"no committed {release.name} and its source"
     nb = nbformat.read(release, as_version=4)
     answers = {}
-    if source.exists():
-        for cell in nbformat.read(source, as_version=4).cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if meta.get("solution") and cell.cell_type == "code":
-                answers[meta["grade_id"]] = cell.source
+    for cell in nbformat.read(source, as_version=4).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and cell.cell_type == "code":
+            answers[meta["grade_id"]] = cell.source
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("solution") and cell.cell_type == "code":
@@ -92,7 +86,7 @@ def _answered_notebook(repo: Path) -> tuple[Path, str]:
             cell.source = answers[meta["grade_id"]]
     out = release.with_name(f"{ASSIGNMENT}.answered.ipynb")
     nbformat.write(nb, out)
-    return out, kind
+    return out
 
 
 def _run(cmd, *, env, cwd, timeout, what):
@@ -148,8 +142,8 @@ def test_binder_environment_builds_and_runs_the_first_notebook(tmp_path):
     assert re.search(r"nbgrader\.server_extensions\.validate_assignment\s+enabled", server_out), server_out
 
     # The first notebook, answered, executed headless through binder/start.
-    notebook, kind = _answered_notebook(repo)
-    report["notebook"] = f"course/{ASSIGNMENT}/{ASSIGNMENT}.ipynb ({kind})"
+    notebook = _answered_notebook(repo)
+    report["notebook"] = f"course/{ASSIGNMENT}/{ASSIGNMENT}.ipynb"
     result = run_measured(
         [str(repo / "binder" / "start"), "jupyter", "nbconvert", "--to", "notebook", "--execute",
          "--ExecutePreprocessor.timeout=600", "--output", "executed.ipynb", notebook.name],

@@ -11,7 +11,7 @@
 # Validate -> failure; right answer -> Validate -> success.
 # Screenshots and the JupyterLab log go to tests/browser/artifacts/ (git-ignored).
 # Environment: FTLIB_VENV (default .venv), BROWSER_NOTEBOOK (assignment name, default
-# 01_choose_model), FTLIB_BROWSER_SOURCE (auto|course|fixture), JUPYTER_START_TIMEOUT (s, default 180), CHROMIUM (default
+# 01_choose_model), JUPYTER_START_TIMEOUT (s, default 180), CHROMIUM (default
 # /usr/bin/chromium).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -43,26 +43,10 @@ if [ ! -f "$HERE/node_modules/playwright-core/package.json" ] \
     (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# 2. The notebook: the real learner release once it is committed, else the fixture.
-#    FTLIB_BROWSER_SOURCE=course|fixture forces one (default auto).
+# 2. The notebook: the learner release of the first assignment, as committed.
 NB_REL="course/$ASSIGNMENT/$ASSIGNMENT.ipynb"
-case "${FTLIB_BROWSER_SOURCE:-auto}" in
-    course) use_course=1 ;;
-    fixture) use_course="" ;;
-    *) use_course=""
-       if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
-           git -C "$ROOT" ls-files --error-unmatch "$NB_REL" >/dev/null 2>&1 && use_course=1
-       else
-           [ -f "$ROOT/$NB_REL" ] && use_course=1
-       fi ;;
-esac
-if [ -n "$use_course" ]; then
-    [ -f "$ROOT/$NB_REL" ] || die "no $ROOT/$NB_REL"
-    SRC_ROOT="$ROOT"; SOURCE_KIND="course notebook"
-else
-    SRC_ROOT="$HERE/fixtures"; SOURCE_KIND="FIXTURE (no committed $NB_REL)"
-fi
-say "notebook: $NB_REL from $SOURCE_KIND"
+[ -f "$ROOT/$NB_REL" ] || die "no $NB_REL (generate the course first: see nbgrader_config.py)"
+say "notebook: $NB_REL"
 
 # 3. A throwaway course root: a copy of the notebook's folder, nbgrader_config.py, and a
 #    Jupyter config dir with binder/'s learner extensions (the project's .venv is untouched).
@@ -78,7 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$WORK/root/course" "$WORK/config" "$WORK/data" "$WORK/runtime"
-cp -r "$SRC_ROOT/course/$ASSIGNMENT" "$WORK/root/course/"
+cp -r "$ROOT/course/$ASSIGNMENT" "$WORK/root/course/"
 [ -f "$ROOT/nbgrader_config.py" ] && cp "$ROOT/nbgrader_config.py" "$WORK/root/"
 export PATH="$VENV/bin:$PATH"
 export JUPYTER_CONFIG_DIR="$WORK/config"
@@ -131,4 +115,4 @@ status=0
 say "screenshots:"; ls -1 "$ART"/*.png 2>/dev/null | sed 's/^/    /' || true
 say "took $(( $(date +%s) - t0 ))s in all"
 [ "$status" -eq 0 ] || die "the learner session failed (see above, $ART/ and $ART/jupyterlab.log)"
-say "PASS ($SOURCE_KIND)"
+say "PASS"
