@@ -7,7 +7,7 @@ from ftlib.evaluate import HeldOutTest
 from ftlib.features import (ProbeModel, cached_features, extract_features, feature_cache_path, fit_classifier,
                             head_inputs, mean_pool)
 from ftlib.models import load_model
-from conftest import make_image_loader
+from tiny_data import make_image_loader
 
 
 def test_mean_pool_ignores_padding():

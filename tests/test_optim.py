@@ -5,7 +5,7 @@ import torch
 from ftlib.freezing import freeze_up_to
 from ftlib.models import load_model
 from ftlib.optim import lr_range_test, make_scheduler, param_groups, warmup_cosine, warmup_linear
-from conftest import make_image_loader
+from tiny_data import make_image_loader
 
 
 def _group_of(groups, param):

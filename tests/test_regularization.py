@@ -8,7 +8,7 @@ from ftlib.models import load_model
 from ftlib.regularization import (backbone_state, l2sp, l2sp_penalty, label_smoothing_loss, set_dropout,
                                   weight_distance)
 from ftlib.train import fit
-from conftest import make_image_loader
+from tiny_data import make_image_loader
 
 
 def _shift(model, deltas):

@@ -10,7 +10,7 @@ from ftlib.pipeline import FinetuneConfig
 from ftlib.regularization import backbone_state, weight_distance
 from ftlib.techniques import (TECHNIQUES, feature_extraction, get_technique, gradual_unfreezing, linear_probe, lora,
                               lp_ft, train_frozen, train_l2sp)
-from conftest import make_image_loader
+from tiny_data import make_image_loader
 
 TEXTS = ["a gripping, beautiful film", "dull and far too long", "the best thing this year", "a mess from start to end",
          "warm, funny and smart", "i wanted my money back", "a quiet triumph", "lifeless and cold"]

@@ -4,7 +4,7 @@ from torch import nn
 
 from ftlib.models import load_model
 from ftlib.train import EarlyStopping, History, evaluate, fit, logits_and_labels, train_one_epoch
-from conftest import make_image_loader
+from tiny_data import make_image_loader
 
 
 def test_fit_learns_and_records_history(tiny_cnn):
