@@ -24,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,11 +98,28 @@ def _run(cmd, *, env, cwd, timeout, what):
     return proc, round(time.monotonic() - t0, 1)
 
 
-def test_binder_environment_builds_and_runs_the_first_notebook(tmp_path):
+def test_binder_environment_builds_and_runs_the_first_notebook():
     if sys.version_info[:2] != (3, 11):
         pytest.skip("binder/runtime.txt asks for Python 3.11")
     if not (ROOT / ".git").exists():
         pytest.skip("needs the git checkout (Binder builds from the tracked files)")
+    # Its own temporary folder, removed at the end: the venv weighs about 1 GB, and
+    # pytest's tmp_path would keep three of them. Removing it took over 2 minutes on a
+    # busy disk here, so `rm -rf` runs in the background. FTLIB_BINDER_KEEP=1 keeps it.
+    tmp = Path(tempfile.mkdtemp(prefix="ftlib-binder-"))
+    try:
+        _build_and_run(tmp)
+    finally:
+        if not os.environ.get("FTLIB_BINDER_KEEP"):
+            _remove_in_background(tmp)
+
+
+def _remove_in_background(path: Path) -> None:
+    subprocess.Popen(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _build_and_run(tmp_path: Path) -> None:
     t_start = time.monotonic()
     report: dict = {}
     repo, venv = tmp_path / "repo", tmp_path / "venv"
