@@ -103,8 +103,8 @@ def test_binder_environment_builds_and_runs_the_first_notebook():
         pytest.skip("binder/runtime.txt asks for Python 3.11")
     if not (ROOT / ".git").exists():
         pytest.skip("needs the git checkout (Binder builds from the tracked files)")
-    # Its own temporary folder, removed at the end: the venv weighs about 1 GB, and
-    # pytest's tmp_path would keep three of them. Removing it took over 2 minutes on a
+    # Its own temporary folder, removed at the end: the venv weighs over 1 GB (torch alone
+    # is 750 MB), and pytest's tmp_path would keep three. Removing it took over 2 minutes on a
     # busy disk here, so `rm -rf` runs in the background. FTLIB_BINDER_KEEP=1 keeps it.
     tmp = Path(tempfile.mkdtemp(prefix="ftlib-binder-"))
     try:
