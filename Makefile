@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # nbgrader runs programs from the environment (alembic) when it creates a gradebook.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-fast lab course course-check measure-notebooks bench clean
+.PHONY: setup demo test test-fast test-browser test-binder lab course course-check measure-notebooks bench clean
 
 setup: $(STAMP) .stamp-debian
 
@@ -33,6 +33,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# JupyterLab in headless Chromium: run a course notebook, see the progress bar and plot,
+# press Validate (installs Debian's chromium and playwright-core from npm on first use).
+test-browser: setup
+	bash tests/browser/run.sh
+
+# The Binder environment, built from binder/ in a fresh virtual environment.
+test-binder: setup
+	$(BIN)/python -m pytest -q -s tests/binder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
