@@ -31,8 +31,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/ftlib finetune
 
+# Everything CI runs: the pytest suites (unit, integration, grading, course notebooks,
+# Binder environment), then the browser test.
 test: setup
 	$(BIN)/python -m pytest -q
+	bash tests/browser/run.sh
 
 # JupyterLab in headless Chromium: run a course notebook, see the progress bar and plot,
 # press Validate (installs Debian's chromium and playwright-core from npm on first use).
