@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import subprocess
 import tempfile
 
@@ -41,6 +42,20 @@ def available() -> tuple[bool, str]:
     if r.returncode != 0:
         return False, f"bwrap cannot create a sandbox here: {r.stderr.strip() or r.returncode}"
     return True, ""
+
+
+def _inside(path: str, roots) -> bool:
+    path = os.path.realpath(path)
+    return any(os.path.commonpath([path, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
+
+
+def _runtime_paths() -> list[str]:
+    """What a kernel needs to start: the environment, the base interpreter, ftlib's tree."""
+    import ftlib
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(ftlib.__file__)))
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, package_root)}
+    return sorted(p for p in paths if os.path.isdir(p))
 
 
 def wrap(cmd: list[str], *, hide: list[str], writable: list, cwd: str | None = None,
@@ -75,6 +90,12 @@ def wrap(cmd: list[str], *, hide: list[str], writable: list, cwd: str | None = N
     tmp = tempfile.gettempdir()
     if os.path.realpath(tmp) != "/tmp":
         args += ["--tmpfs", tmp]
+    # The interpreter, its packages and ftlib itself may live under the temporary
+    # directory (a CI clone in /tmp): put them back read-only, before hiding the
+    # instructor's paths, so hidden paths inside them stay hidden.
+    for path in _runtime_paths():
+        if _inside(path, ("/tmp", tmp)):
+            args += ["--ro-bind", path, path]
     for path in hide:
         if os.path.isdir(path):
             args += ["--tmpfs", path]
