@@ -255,7 +255,7 @@ def fit(
     clip_grad_norm: float | None = 1.0,
     patience: int | None = None,
     min_delta: float = 0.0,
-    monitor: str = "val_loss",
+    monitor: str = "val_accuracy",
     restore_best: bool = True,
     on_epoch_start: Callable[[nn.Module, int], None] | None = None,
     seed: int | None = 0,
@@ -267,9 +267,12 @@ def fit(
     By default: AdamW with decoupled weight decay (not on biases and norms) at ``lr``
     (head at ``lr * head_lr_multiplier``, layer-wise ``layer_decay`` below), a linear
     schedule after ``warmup`` (a fraction of all steps), gradient clipping at norm 1.
-    With ``patience``, training stops once ``monitor`` ("val_loss" or "val_accuracy")
+    With ``patience``, training stops once ``monitor`` ("val_accuracy" or "val_loss")
     has not improved for that many epochs; with ``restore_best`` the weights of the best
-    validation epoch are put back at the end. Returns a :class:`History`.
+    validation epoch are put back at the end. The default monitors accuracy, the metric
+    we report: while fine-tuning, validation loss often rises (the model grows more
+    confident on the examples it gets wrong) while accuracy still improves, so choosing
+    on loss would stop at epoch 1. Returns a :class:`History`.
     """
     from ftlib.optim import make_scheduler, param_groups
 
