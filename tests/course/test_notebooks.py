@@ -11,7 +11,10 @@ from ftlib.checks.notebooks import (ROOT, assignments, errors, grade_cell_output
                                     run_notebook, solution_notebook, validate_notebook)
 
 NAMES = assignments()
-BUDGET_S = 180  # each solution notebook, full budget, on a 2-core CPU
+# Running time is measured by scripts/measure_notebooks.py (target: 180 s each on 2 cores),
+# not asserted here: a loaded machine would make such a test flaky. The cell timeout only
+# catches a hang.
+CELL_TIMEOUT_S = 900
 MEMORY_MB = 1536  # Binder gives about 2 GB
 
 
@@ -66,12 +69,11 @@ def test_release_notebook_hides_solutions(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_solution_notebook_runs_clean_within_budget(name):
-    nb, seconds, peak_mb = run_notebook(solution_notebook(name), timeout=BUDGET_S)
+def test_solution_notebook_runs_clean_within_memory(name):
+    nb, seconds, peak_mb = run_notebook(solution_notebook(name), timeout=CELL_TIMEOUT_S)
     assert not errors(nb)
     noisy = {gid: [o for o in outs if o.get("name") == "stderr"] for gid, outs in grade_cell_outputs(nb).items()}
     assert not any(noisy.values()), f"stderr in grade cells zeroes them: {noisy}"
-    assert seconds < BUDGET_S, f"{name} took {seconds:.0f} s"
     assert peak_mb < MEMORY_MB, f"{name} peaked at {peak_mb:.0f} MB"
 
 
