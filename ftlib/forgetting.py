@@ -83,17 +83,11 @@ def restore_buffers(model: nn.Module, pretrained: nn.Module) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def imagenet_predictions(model: nn.Module, images: torch.Tensor, k: int = 5) -> np.ndarray:
     """Top-``k`` class ids (N, k), in eval mode; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(images)
-    finally:
-        model.train(was_training)
-    logits = getattr(logits, "logits", logits)
-    return logits.topk(k, dim=-1).indices.cpu().numpy()
+    from ftlib.weights import top_k_classes
+
+    return np.array([[label for label, _ in row] for row in top_k_classes(model, images, k)])
 
 
 def forgetting_report(finetuned: nn.Module, pretrained: nn.Module, images: torch.Tensor) -> dict:

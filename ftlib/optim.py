@@ -96,6 +96,14 @@ def param_groups(
     return groups
 
 
+def _check_steps(total_steps: int, warmup_steps: int) -> None:
+    if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(
+            f"need total_steps > 0 and 0 <= warmup_steps <= total_steps; got "
+            f"total_steps={total_steps!r}, warmup_steps={warmup_steps!r}."
+        )
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Learning rate at ``step``: linear warmup from 0, then cosine decay to 0.
 
@@ -103,11 +111,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
     ``base_lr * 0.5 * (1 + cos(pi * progress))`` with ``progress`` going from 0 (end of
     warmup) to 1 (``total_steps``). Steps past the end stay at 0.
     """
-    if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            f"need total_steps > 0 and 0 <= warmup_steps <= total_steps; got "
-            f"total_steps={total_steps!r}, warmup_steps={warmup_steps!r}."
-        )
+    _check_steps(total_steps, warmup_steps)
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -116,11 +120,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
 
 def warmup_linear(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warmup from 0, then linear decay to 0 at ``total_steps`` (BERT's schedule)."""
-    if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            f"need total_steps > 0 and 0 <= warmup_steps <= total_steps; got "
-            f"total_steps={total_steps!r}, warmup_steps={warmup_steps!r}."
-        )
+    _check_steps(total_steps, warmup_steps)
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     return base_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
