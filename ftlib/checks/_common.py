@@ -249,3 +249,16 @@ def tiny_image_loader(n: int = 30, num_classes: int = 3, size: int = 8, batch_si
     x[torch.arange(n), labels % 3] += 1.0
     return [{"pixel_values": x[i:i + batch_size].clone(), "labels": labels[i:i + batch_size].clone()}
             for i in range(0, n, batch_size)]
+
+
+class ModeSpy(nn.Module):
+    """Wraps a model and records the mode and gradient state of each forward call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, x):
+        self.calls.append((self.inner.training, torch.is_grad_enabled()))
+        return self.inner(x)

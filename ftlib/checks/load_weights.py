@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftlib.checks._common import (BNNet, CheckFailure, allclose, as_float, as_int, call, expect, quiet,
+from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, allclose, as_float, as_int, call, expect, quiet,
                                   same_state, state_snapshot)
 from ftlib.weights import LoadReport
 from ftlib.weights import load_pretrained_weights as reference_load
@@ -101,19 +101,6 @@ def check_load_pretrained_weights(load_pretrained_weights, *, thorough: bool = F
                f"changed: {changed[:4]}", "Check every shape before copying anything.")
 
 
-class _Spy(nn.Module):
-    """Wraps a model and records the mode and gradient state of each forward call."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.calls: list[tuple[bool, bool]] = []
-
-    def forward(self, x):
-        self.calls.append((self.inner.training, torch.is_grad_enabled()))
-        return self.inner(x)
-
-
 def _pairs(result, n: int, k: int, named: bool):
     if type(result) not in (list, tuple) or len(result) != n:
         raise CheckFailure("top_k_classes should return one list per image.", f"a list of {n} lists",
@@ -149,7 +136,7 @@ def check_top_k_classes(top_k_classes, *, thorough: bool = False) -> None:
         for start_training in ((True, False) if thorough else (True,)):
             model = _net(7, num_classes=6)
             model.train(start_training)
-            spy = _Spy(model).train(start_training)
+            spy = ModeSpy(model).train(start_training)
             before = state_snapshot(model)
             images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
             images_before = images.clone()

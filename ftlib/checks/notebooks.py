@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -37,11 +38,21 @@ def release_notebook(name: str) -> Path:
     return ROOT / "course" / name / f"{name}.ipynb"
 
 
-def _env(extra: dict | None) -> dict:
+@contextlib.contextmanager
+def _course_env(extra: dict | None = None):
+    """Offline, quiet settings for a notebook kernel; the previous environment comes back."""
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    env.update(extra or {})
-    return env
+           "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1", **(extra or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_notebook(path: str | os.PathLike, *, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
@@ -56,20 +67,12 @@ def run_notebook(path: str | os.PathLike, *, timeout: int = 600, env: dict | Non
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(_PEAK_CELL))
-    saved = {k: os.environ.get(k) for k in _env(env)}
-    os.environ.update(_env(env))
-    try:
+    with _course_env(env):
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                                 resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         client.execute()
         seconds = time.perf_counter() - start
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     peak_kb = 0
     last = nb.cells.pop()
     for out in last.get("outputs", []):
@@ -105,13 +108,5 @@ def validate_notebook(path: str | os.PathLike, *, invert: bool = False, timeout:
     config = Config()
     config.Validator.invert = invert
     config.Execute.timeout = timeout
-    saved = {k: os.environ.get(k) for k in _env(None)}
-    os.environ.update(_env(None))
-    try:
+    with _course_env():
         return Validator(config=config).validate(str(path))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -8,7 +8,6 @@ from ftlib.checks._common import (CheckFailure, allclose, array_equal, as_array,
                                   quiet)
 from ftlib.data import collate_text as reference_collate_text
 from ftlib.data import prepare_images as reference_prepare_images
-from ftlib.data import stratified_split as reference_stratified_split
 
 __all__ = ["check_stratified_split", "check_prepare_images", "check_collate_text"]
 

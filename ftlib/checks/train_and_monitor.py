@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from ftlib.checks._common import (BNNet, CheckFailure, as_float, call, expect, quiet, same_state, state_snapshot,
+from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, as_float, call, expect, quiet, same_state, state_snapshot,
                                   tiny_image_loader)
 from ftlib.freezing import freeze_up_to
 from ftlib.train import EarlyStopping as ReferenceEarlyStopping
@@ -96,17 +96,6 @@ def check_train_one_epoch(train_one_epoch, *, thorough: bool = False) -> None:
                    "Fraction of examples whose argmax logit equals the label.")
 
 
-class _Spy(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.calls: list[tuple[bool, bool]] = []
-
-    def forward(self, x):
-        self.calls.append((self.inner.training, torch.is_grad_enabled()))
-        return self.inner(x)
-
-
 def check_evaluate(evaluate, *, thorough: bool = False) -> None:
     """Eval mode, no gradients, mode restored, model untouched, example-averaged loss."""
     with quiet():
@@ -114,7 +103,7 @@ def check_evaluate(evaluate, *, thorough: bool = False) -> None:
             model = _setup(3, frozen=False, p=0.5)
             reference_model = _setup(3, frozen=False, p=0.5)
             loader = tiny_image_loader(n=30, batch_size=8, seed=4)
-            spy = _Spy(model).train(start_training)
+            spy = ModeSpy(model).train(start_training)
             before = state_snapshot(model)
             result = call(evaluate, spy, loader, nn.CrossEntropyLoss(), name="evaluate")
             loss, accuracy = _metric(result, "loss", "evaluate"), _metric(result, "accuracy", "evaluate")
