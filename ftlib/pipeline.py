@@ -86,14 +86,19 @@ class FinetuneConfig:
 
 
 def build_loaders(cfg: FinetuneConfig, splits, tokenizer=None):
-    """Train (shuffled, seeded), validation and test loaders for ``cfg``."""
+    """Train (shuffled, seeded), validation and test loaders for ``cfg``.
+
+    Text batches are grouped by length (see ``ftlib.data.LengthGroupedBatchSampler``),
+    validation and test ones too: only their metrics are used here. Evaluation batches
+    are twice the training size (no gradients to keep).
+    """
     from ftlib.data import make_loader
 
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, tokenizer=tokenizer,
-                  max_length=cfg.max_length, image_size=cfg.image_size)
-    return (make_loader(splits.train, cfg.model, shuffle=True, **common),
-            make_loader(splits.val, cfg.model, **common),
-            make_loader(splits.test, cfg.model, **common))
+    common = dict(seed=cfg.seed, tokenizer=tokenizer, max_length=cfg.max_length, image_size=cfg.image_size)
+    grouped = cfg.task == "text"
+    return (make_loader(splits.train, cfg.model, batch_size=cfg.batch_size, shuffle=True, **common),
+            make_loader(splits.val, cfg.model, batch_size=2 * cfg.batch_size, group_by_length=grouped, **common),
+            make_loader(splits.test, cfg.model, batch_size=2 * cfg.batch_size, group_by_length=grouped, **common))
 
 
 def _peak_memory_mb() -> float:

@@ -36,6 +36,7 @@ from torch import nn
 from ftlib.freezing import GradualUnfreezing, freeze_backbone, layer_blocks, unfreeze
 from ftlib.heads import find_head
 from ftlib.models import count_parameters
+from ftlib.optim import adamw
 from ftlib.train import History, fit, set_seed
 
 __all__ = [
@@ -276,7 +277,7 @@ def lora(model, train_loader, val_loader=None, *, epochs=3, lr=1e-3, r=8, lora_a
         peft_model = get_peft_model(model, config)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     weight_decay = fit_kwargs.pop("weight_decay", 0.01)
-    optimizer = torch.optim.AdamW([
+    optimizer = adamw([
         {"params": [p for p in trainable if p.ndim >= 2], "lr": lr, "weight_decay": weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "lr": lr, "weight_decay": 0.0},
     ])

@@ -274,7 +274,7 @@ def fit(
     confident on the examples it gets wrong) while accuracy still improves, so choosing
     on loss would stop at epoch 1. Returns a :class:`History`.
     """
-    from ftlib.optim import make_scheduler, param_groups
+    from ftlib.optim import adamw, make_scheduler, param_groups
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer; got {epochs!r}.")
@@ -305,7 +305,7 @@ def fit(
         groups = param_groups(model, lr, head_lr_multiplier, layer_decay, weight_decay)
         for p, flag in flags.items():
             p.requires_grad_(flag)
-        optimizer = torch.optim.AdamW(groups)
+        optimizer = adamw(groups)
     total_steps = epochs * len(train_loader)
     scheduler = make_scheduler(optimizer, schedule, total_steps=total_steps,
                                warmup_steps=int(warmup * total_steps))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftlib.data import (TaskData, balanced_subset, collate_text, deduplicate, load_dataset, make_loader,
+from ftlib.data import (LengthGroupedBatchSampler, TaskData, balanced_subset, collate_text, deduplicate, load_dataset, make_loader,
                         prepare_images, split_dataset, stratified_split, stratified_subset)
 
 
@@ -86,6 +86,52 @@ def test_collate_text_pads_to_longest_in_batch(tokenizer):
     assert batch["labels"].tolist() == [1, 0]
     long = collate_text([("word " * 200, 0)], tokenizer, max_length=16)
     assert long["input_ids"].shape == (1, 16)
+
+
+def _padded_tokens(batches, lengths):
+    return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+
+def test_length_grouped_batches_cover_every_index_once_and_cut_padding():
+    lengths = np.random.default_rng(0).integers(5, 64, size=1000)
+    generator = torch.Generator().manual_seed(0)
+    sampler = LengthGroupedBatchSampler(lengths, 32, generator=generator)
+    epoch1, epoch2 = list(sampler), list(sampler)
+    for batches in (epoch1, epoch2):
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert len(batches) == len(sampler) == 32 and all(len(b) <= 32 for b in batches)
+    assert epoch1 != epoch2  # reshuffled every epoch
+    random_batches = [list(b) for b in torch.randperm(1000, generator=torch.Generator().manual_seed(0)).split(32)]
+    assert _padded_tokens(epoch1, lengths) < 0.75 * _padded_tokens(random_batches, lengths)
+    # The batch order is shuffled too: the longest batches are not all at the start.
+    first_half = _padded_tokens(epoch1[:16], lengths)
+    assert 0.6 < first_half / _padded_tokens(epoch1[16:], lengths) < 1.6
+    again = LengthGroupedBatchSampler(lengths, 32, generator=torch.Generator().manual_seed(0))
+    assert list(again) == epoch1  # seeded: reproducible
+
+
+def test_length_grouped_evaluation_batches_are_sorted_and_complete():
+    lengths = [5, 3, 9, 1, 7]
+    batches = list(LengthGroupedBatchSampler(lengths, 2, shuffle=False))
+    assert batches == [[3, 1], [0, 4], [2]]
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        LengthGroupedBatchSampler(lengths, 0)
+
+
+def test_text_loader_groups_by_length_when_shuffled(tokenizer):
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["word"] * int(n)) + f" {i}" for i, n in enumerate(rng.integers(1, 40, size=128))]
+    data = TaskData("t", "text", texts, np.arange(128) % 2, ["a", "b"])
+    grouped = make_loader(data, "minilm-l6", batch_size=16, shuffle=True, tokenizer=tokenizer)
+    plain = make_loader(data, "minilm-l6", batch_size=16, shuffle=True, tokenizer=tokenizer, group_by_length=False)
+    padded = lambda loader: sum(b["input_ids"].numel() for b in loader)
+    assert padded(grouped) < 0.75 * padded(plain)
+    assert sorted(int(x) for b in grouped for x in b["labels"]) == sorted(data.labels.tolist())
+    ordered = make_loader(data, "minilm-l6", batch_size=16, tokenizer=tokenizer)  # evaluation: data order kept
+    assert [int(x) for b in ordered for x in b["labels"]] == data.labels.tolist()
+    with pytest.raises(ValueError, match="text only"):
+        make_loader(TaskData("i", "image", np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"]),
+                    "tiny-cnn", group_by_length=True)
 
 
 def test_make_loader_rejects_mismatched_task():

@@ -4,7 +4,7 @@ import torch
 
 from ftlib.freezing import freeze_up_to
 from ftlib.models import load_model
-from ftlib.optim import lr_range_test, make_scheduler, param_groups, warmup_cosine, warmup_linear
+from ftlib.optim import adamw, lr_range_test, make_scheduler, param_groups, warmup_cosine, warmup_linear
 from tiny_data import make_image_loader
 
 
@@ -112,3 +112,23 @@ def test_lr_range_test_curve_and_restores_weights(tiny_cnn):
     assert all(torch.equal(before[k], v) for k, v in tiny_cnn.state_dict().items())
     with pytest.raises(ValueError, match="end_lr must be larger"):
         lr_range_test(tiny_cnn, loader, start_lr=1e-2, end_lr=1e-3)
+
+
+def test_adamw_is_fused_on_cpu_and_matches_the_default_implementation():
+    torch.manual_seed(0)
+    model_a = load_model("tiny-cnn", 3)
+    model_b = load_model("tiny-cnn", 3)
+    model_b.load_state_dict(model_a.state_dict())
+    fused = adamw(param_groups(model_a, 1e-2, weight_decay=0.1))
+    plain = torch.optim.AdamW(param_groups(model_b, 1e-2, weight_decay=0.1), foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(8, 3, 32, 32)
+    for _ in range(3):
+        for model, opt in ((model_a, fused), (model_b, plain)):
+            opt.zero_grad()
+            model(x).logsumexp(dim=1).mean().backward()
+            opt.step()
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
+    changed = [not torch.equal(a, b) for a, b in zip(model_a.parameters(), load_model("tiny-cnn", 3).parameters())]
+    assert any(changed)
