@@ -107,6 +107,15 @@ def _peak_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _allocator() -> str:
+    """"tcmalloc" when this process runs on TCMalloc (see ``ftlib.cli``), else "system"."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "system"
+    return "tcmalloc" if "tcmalloc" in maps else "system"
+
+
 def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None] = print, **options) -> dict:
     """Run the seven steps and return the metrics (also written to ``<out>/metrics.json``).
 
@@ -169,6 +178,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
         "trainable_parameters": result.get("trainable_parameters"),
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
+        "allocator": _allocator(),
         "class_names": raw.class_names,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -68,7 +68,17 @@ def logits_and_labels(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torc
 def _progress(iterable, enabled: bool, **kwargs):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
+    import warnings
+
+    from tqdm import TqdmExperimentalWarning
+
+    # A widget in Jupyter, text in a terminal. Not tqdm.auto: in a terminal that is the
+    # asyncio tqdm, which calls iter() on the loader once more when the bar is made, and
+    # each DataLoader iterator draws a seed from the loader's generator; the shuffling
+    # order, and so the results, would then depend on whether bars are shown.
+    with warnings.catch_warnings():  # what tqdm.auto does too
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)
+        from tqdm.autonotebook import tqdm
 
     return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from ftlib.cli import main
+from ftlib.cli import _tcmalloc, main
 
 
 def run_cli(*args):
@@ -62,3 +62,14 @@ def test_finetune_tiny_end_to_end_writes_metrics_and_plots(tmp_path):
     assert metrics["total_seconds"] > 0 and metrics["peak_memory_mb"] > 0
     assert (out / "learning_curves.png").exists() and (out / "confusion_matrix.png").exists()
     assert str(out / "metrics.json") in result.stdout
+    # Training commands restart under TCMalloc where the system has it (lower peak memory).
+    assert metrics["allocator"] == ("tcmalloc" if _tcmalloc() else "system")
+
+
+def test_finetune_allocator_can_be_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTLIB_ALLOCATOR", "system")
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--model", "tiny-bert", "--train-size", "16", "--val-size", "8",
+                     "--test-size", "8", "--epochs", "1", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "metrics.json").read_text())["allocator"] == "system"

@@ -28,6 +28,26 @@ def test_same_seed_same_history():
     assert strip(runs[0]) == strip(runs[1])
 
 
+def test_progress_bars_do_not_change_results(tokenizer, capsys):
+    # A shuffled, length-grouped text loader, as `ftlib finetune` uses: showing bars must
+    # not consume the loader's random generator (tqdm.auto's terminal bar did).
+    import numpy as np
+
+    from ftlib.data import TaskData, make_loader
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["word"] * int(n)) + f" {i}" for i, n in enumerate(rng.integers(1, 30, size=96))]
+    data = TaskData("t", "text", texts, np.arange(96) % 2, ["a", "b"])
+    runs = []
+    for progress in (False, True):
+        torch.manual_seed(0)
+        model = load_model("tiny-bert", num_classes=2)
+        loader = make_loader(data, "tiny-bert", batch_size=16, shuffle=True, tokenizer=tokenizer)
+        runs.append([{k: v for k, v in e.items() if k != "seconds"}
+                     for e in fit(model, loader, epochs=2, lr=1e-3, progress=progress, seed=3).to_list()])
+    assert runs[0] == runs[1]
+
+
 def test_early_stopping_restores_best_weights(tiny_cnn):
     train, val = make_image_loader(n=96), make_image_loader(n=48, seed=1)
     # A huge learning rate diverges after a good first epoch or two.

@@ -48,7 +48,7 @@ def test_requirements_use_the_cpu_wheel_index():
 
 def test_runtime_and_apt():
     assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
-    assert "dataset-fashion-mnist" in (BINDER / "apt.txt").read_text().split()
+    assert {"dataset-fashion-mnist", "libtcmalloc-minimal4"} <= set((BINDER / "apt.txt").read_text().split())
 
 
 @pytest.mark.parametrize("name", ["postBuild", "start", "learner-extensions.sh"])
@@ -82,5 +82,15 @@ def test_start_sets_quiet_offline_defaults_and_runs_the_command():
     out = subprocess.run([str(BINDER / "start"), "env"], env={**env, "HF_HUB_OFFLINE": "0"},
                          capture_output=True, text=True, check=True).stdout
     assert "HF_HUB_OFFLINE=0" in out.splitlines()
+    # TCMalloc is preloaded where installed (the Binder image has it from apt.txt); a
+    # preload set outside is left alone.
+    tcmalloc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    env.pop("LD_PRELOAD", None)
+    got = dict(line.split("=", 1) for line in subprocess.run([str(BINDER / "start"), "env"], env=env,
+               capture_output=True, text=True, check=True).stdout.splitlines() if "=" in line)
+    assert got.get("LD_PRELOAD") == (tcmalloc if os.path.exists(tcmalloc) else None)
+    out = subprocess.run([str(BINDER / "start"), "env"], env={**env, "LD_PRELOAD": "libother.so"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "LD_PRELOAD=libother.so" in out.splitlines()
     # exec "$@": the exit status is the command's.
     assert subprocess.run([str(BINDER / "start"), "sh", "-c", "exit 7"]).returncode == 7
