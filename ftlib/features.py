@@ -7,7 +7,9 @@ a second classifier on the same features costs seconds, not minutes.
 
 * text: the token states of the last encoder layer, averaged over the real tokens
   (the attention mask leaves padding out): "mean pooling", what sentence encoders such
-  as all-MiniLM-L6-v2 were trained to produce;
+  as all-MiniLM-L6-v2 were trained to produce. With ``layers=k``, the mean-pooled states
+  of the last k layers side by side (BERT's feature-based experiments found the last
+  four layers concatenated best; on Rotten Tomatoes they add about 2 points);
 * images: the globally pooled feature map, i.e. exactly what the classification head
   receives (captured with a forward pre-hook on the head).
 
@@ -39,6 +41,7 @@ __all__ = [
     "feature_cache_path",
     "cached_features",
     "fit_classifier",
+    "DEFAULT_CS",
     "ProbeModel",
 ]
 
@@ -72,12 +75,27 @@ def _is_text_batch(batch: dict) -> bool:
     return "input_ids" in batch
 
 
-def _batch_features(backbone: nn.Module, inputs: dict) -> torch.Tensor:
+DEFAULT_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # LogisticRegression's C, chosen on validation
+
+
+def _check_layers(layers: int) -> None:
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers must be a positive integer (how many of the last layers to use); got {layers!r}.")
+
+
+def _batch_features(backbone: nn.Module, inputs: dict, layers: int = 1) -> torch.Tensor:
     """Features (B, D) of one batch without labels; the caller handles eval and no_grad."""
     if _is_text_batch(inputs):
         encoder = text_encoder(backbone)
-        hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
-        return mean_pool(hidden, inputs["attention_mask"])
+        if layers == 1:
+            hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
+            return mean_pool(hidden, inputs["attention_mask"])
+        states = encoder(**inputs, output_hidden_states=True).hidden_states  # embeddings + one per layer
+        if layers > len(states) - 1:
+            raise ValueError(f"layers={layers} but the encoder has only {len(states) - 1} layers.")
+        return torch.cat([mean_pool(h, inputs["attention_mask"]) for h in states[-layers:]], dim=-1)
+    if layers != 1:
+        raise ValueError("layers applies to text encoders; image features are the pooled map the head sees.")
     x = inputs["pixel_values"]  # (B, 3, H, W)
     try:
         _, head = find_head(backbone)
@@ -119,11 +137,12 @@ def _run(model: nn.Module, loader: Iterable[dict], fn, device, progress: bool, d
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 
-def extract_features(backbone: nn.Module, loader: Iterable[dict], *, device=None,
+def extract_features(backbone: nn.Module, loader: Iterable[dict], *, layers: int = 1, device=None,
                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One feature vector per example: ``(X, y)`` with X (N, D) float32 and y (N,) int64.
 
-    Text batches (``input_ids``...) give mean-pooled last-layer token states; image
+    Text batches (``input_ids``...) give mean-pooled last-layer token states (with
+    ``layers=k``: those of the last k layers, concatenated, D = k x hidden size); image
     batches (``pixel_values``) give the pooled features the head receives. The
     backbone runs in eval mode under ``torch.no_grad()``; its mode is restored.
 
@@ -135,7 +154,8 @@ def extract_features(backbone: nn.Module, loader: Iterable[dict], *, device=None
     """
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module; got {type(backbone).__name__}.")
-    return _run(backbone, loader, _batch_features, device, progress, "features")
+    _check_layers(layers)
+    return _run(backbone, loader, lambda m, inputs: _batch_features(m, inputs, layers), device, progress, "features")
 
 
 def _last_linear(head: nn.Module) -> nn.Linear:
@@ -184,7 +204,7 @@ def feature_cache_path(cache_dir: str | Path, **key) -> Path:
 
 
 def cached_features(backbone: nn.Module, loader: Iterable[dict], *, cache_dir: str | Path | None,
-                    key: dict, device=None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    key: dict, layers: int = 1, device=None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """:func:`extract_features`, read from / written to ``cache_dir`` under ``key``.
 
     The key must name everything the features depend on (model and its weights, data
@@ -192,12 +212,14 @@ def cached_features(backbone: nn.Module, loader: Iterable[dict], *, cache_dir: s
     ``cache_dir=None`` nothing is cached.
     """
     if cache_dir is None:
-        return extract_features(backbone, loader, device=device, progress=progress)
+        return extract_features(backbone, loader, layers=layers, device=device, progress=progress)
+    if layers != 1:
+        key = {**key, "layers": layers}
     path = feature_cache_path(cache_dir, **key)
     if path.exists():
         with np.load(path) as stored:
             return stored["X"], stored["y"]
-    X, y = extract_features(backbone, loader, device=device, progress=progress)
+    X, y = extract_features(backbone, loader, layers=layers, device=device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")  # written whole, then renamed: no half files
     np.savez(tmp, X=X, y=y, key=json.dumps(key, sort_keys=True, default=str))
@@ -206,7 +228,7 @@ def cached_features(backbone: nn.Module, loader: Iterable[dict], *, cache_dir: s
 
 
 def fit_classifier(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-                   *, Cs: Sequence[float] = (0.01, 0.1, 1.0), classifier=None, seed: int = 0):
+                   *, Cs: Sequence[float] = DEFAULT_CS, classifier=None, seed: int = 0):
     """A scikit-learn classifier on features; by default standardized LogisticRegression.
 
     With validation features, the inverse regularization strength ``C`` is chosen
@@ -249,11 +271,13 @@ class ProbeModel(nn.Module):
     Inference only: nothing in it trains.
     """
 
-    def __init__(self, backbone: nn.Module, classifier, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, classifier, num_classes: int, layers: int = 1) -> None:
         super().__init__()
+        _check_layers(layers)
         self.backbone = backbone.eval()
         self.classifier = classifier
         self.num_classes = num_classes
+        self.layers = layers  # as given to extract_features when the classifier was fitted
         for p in self.backbone.parameters():
             p.requires_grad_(False)
 
@@ -265,7 +289,7 @@ class ProbeModel(nn.Module):
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor | None = None, **text_inputs) -> torch.Tensor:
         inputs = {"pixel_values": pixel_values} if pixel_values is not None else text_inputs
-        X = _batch_features(self.backbone, inputs).float().cpu().numpy()
+        X = _batch_features(self.backbone, inputs, self.layers).float().cpu().numpy()
         proba = self.classifier.predict_proba(X)  # (B, classes seen in training)
         out = np.full((len(X), self.num_classes), -1e9, dtype=np.float32)
         out[:, np.asarray(self.classifier.classes_, dtype=np.int64)] = np.log(np.clip(proba, 1e-12, None))

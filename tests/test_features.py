@@ -49,6 +49,27 @@ def test_text_features_mean_pool_and_do_not_depend_on_padding(tokenizer):
     np.testing.assert_allclose(X, X_alone, atol=1e-5)  # the padded short text gets the same vector
 
 
+def test_text_features_of_the_last_layers_are_their_mean_pools_side_by_side(tokenizer):
+    from ftlib.features import text_encoder
+
+    torch.manual_seed(0)
+    model = load_model("tiny-bert", num_classes=2)
+    batch = collate_text([("a short one", 0), ("a much longer review than that", 1)], tokenizer)
+    X, _ = extract_features(model, [batch], layers=2)
+    assert X.shape == (2, 64)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        states = text_encoder(model.eval())(**inputs, output_hidden_states=True).hidden_states
+    expected = torch.cat([mean_pool(states[-2], batch["attention_mask"]),
+                          mean_pool(states[-1], batch["attention_mask"])], dim=1)
+    np.testing.assert_allclose(X, expected.numpy(), atol=1e-5)  # order: lower layer first, last layer last
+    np.testing.assert_allclose(X[:, 32:], extract_features(model, [batch])[0], atol=1e-5)
+    with pytest.raises(ValueError, match="only 2 layers"):
+        extract_features(model, [batch], layers=3)
+    with pytest.raises(ValueError, match="positive integer"):
+        extract_features(model, [batch], layers=0)
+
+
 def test_feature_cache_hit_returns_identical_arrays_without_recomputing(tiny_cnn, image_loader, tmp_path):
     calls = []
     tiny_cnn.register_forward_hook(lambda *args: calls.append(1))
