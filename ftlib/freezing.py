@@ -14,6 +14,7 @@ statistics, so it needs no such handling.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ftlib.heads import find_head
@@ -26,6 +27,7 @@ __all__ = [
     "freeze_bottom",
     "unfreeze",
     "set_frozen_batchnorm_eval",
+    "recalibrate_batchnorm",
     "GradualUnfreezing",
     "trainable_summary",
 ]
@@ -129,6 +131,44 @@ def set_frozen_batchnorm_eval(model: nn.Module) -> int:
                 module.eval()
                 switched += 1
     return switched
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, *, device=None) -> int:
+    """Recompute every BatchNorm layer's running statistics on ``loader``'s data.
+
+    One pass in train mode under ``no_grad`` with a cumulative average (momentum None),
+    so each layer ends with the mean and variance of its inputs over the whole pass;
+    no weight changes. Pretrained statistics describe ImageNet, and a network that is
+    fine-tuned normalizes with the new data's batch statistics instead: recalibrating
+    first lets eval-mode features (for a linear probe, say) match what training will
+    see (AdaBN, Li et al. 2016). Returns how many layers were recalibrated (0 for
+    LayerNorm models such as MiniLM, which have no running statistics).
+    """
+    from ftlib.train import _to, logits_and_labels
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    model.train()
+    batches = 0
+    try:
+        for batch in loader:
+            logits_and_labels(model, _to(batch, device))
+            batches += 1
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if batches == 0:
+        raise ValueError("The loader yielded no batches: nothing to compute BatchNorm statistics from.")
+    return len(layers)
 
 
 class GradualUnfreezing:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ftlib.freezing import (GradualUnfreezing, block_names, freeze_backbone, freeze_bottom, freeze_up_to,
-                            set_frozen_batchnorm_eval, trainable_summary, unfreeze)
+                            recalibrate_batchnorm, set_frozen_batchnorm_eval, trainable_summary, unfreeze)
 from ftlib.models import count_parameters, load_model
 from ftlib.train import train_one_epoch
 
@@ -77,6 +77,27 @@ def test_without_the_handling_batchnorm_statistics_drift(tiny_cnn, image_loader)
     assert not torch.equal(stats["blocks.0.1.running_mean"], tiny_cnn.blocks[0][1].running_mean)
     assert set_frozen_batchnorm_eval(tiny_cnn) == 2
     assert not tiny_cnn.blocks[0][1].training and tiny_cnn.blocks[2][1].training
+
+
+def test_recalibrated_batchnorm_statistics_are_those_of_the_new_data(tiny_cnn, image_loader):
+    batches = list(image_loader)
+    x = torch.cat([b["pixel_values"] for b in batches])
+    conv, bn = tiny_cnn.blocks[0][0], tiny_cnn.blocks[0][1]
+    bn.running_mean.fill_(5.0)  # "pretrained" statistics of other data
+    momentum, weights = bn.momentum, copy.deepcopy(tiny_cnn.state_dict())
+    tiny_cnn.eval()
+    assert recalibrate_batchnorm(tiny_cnn, batches) == 3
+    with torch.no_grad():
+        h = conv(x)  # (N, C, H, W): what the first BatchNorm normalizes
+    # Equal batches: the cumulative average of the batch means is the mean over all data.
+    torch.testing.assert_close(bn.running_mean, h.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == momentum and not tiny_cnn.training  # settings and mode restored
+    for name, value in tiny_cnn.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(value, weights[name]), f"{name} changed: only statistics may"
+    assert recalibrate_batchnorm(load_model("tiny-bert"), batches) == 0  # LayerNorm: nothing to do
+    with pytest.raises(ValueError, match="no batches"):
+        recalibrate_batchnorm(tiny_cnn, [])
 
 
 def test_layernorm_models_have_no_running_statistics():

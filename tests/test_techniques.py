@@ -72,6 +72,7 @@ def test_lp_ft_then_moves_the_backbone(tiny_cnn):
     w0 = backbone_state(tiny_cnn)
     result = lp_ft(tiny_cnn, make_image_loader(n=96), make_image_loader(n=48, seed=1), epochs=1, lr=1e-2)
     assert "val_accuracy" in result["probe"]
+    assert result["probe"]["recalibrated_batchnorm_layers"] == 3  # the probe saw the new data's statistics
     assert weight_distance(tiny_cnn, w0)["relative"] > 0
     assert all(p.requires_grad for p in tiny_cnn.parameters())
 
