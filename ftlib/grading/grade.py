@@ -244,6 +244,21 @@ def _write_gradebook(db_url: str, course_id: str, assignment: str, student: str,
         gb.db.commit()
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _thread_limits(workers: int, environ) -> dict[str, str]:
+    """Thread counts for each kernel so that ``workers`` kernels share the cores.
+
+    PyTorch and the BLAS libraries start one thread per core in every kernel; with two
+    workers on two cores that is four busy threads fighting for two cores. Each kernel
+    gets ``cores // workers`` threads (at least 1) unless the instructor set a value.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(max(1, cores // max(1, workers)))
+    return {name: environ.get(name, threads) for name in THREAD_VARIABLES}
+
+
 def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[str] | None = None,
                      workers: int | None = None, timeout: float = 1800.0, cell_timeout: int | None = None,
                      memory: int | None = 4 * 2**30, csv_path: str | None = None, force: bool = False,
@@ -342,6 +357,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         env = dict(_with_venv_path(dict(os.environ)), PYTHONPATH=os.pathsep.join(
             [pkg_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         env.update(TQDM_MININTERVAL="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env.update(_thread_limits(workers, os.environ))
         rows, jobs = {}, []
         for student in everyone:
             sub = os.path.join(submitted_root, student, assignment)

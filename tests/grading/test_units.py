@@ -119,3 +119,16 @@ def test_sandbox_hides_paths_and_network(tmp_path):
     assert out == ["[]", "nonet"]
     with pytest.raises(ValueError, match="expose"):
         sandbox.wrap(["true"], hide=[str(secret)], writable=[str(tmp_path)])
+
+
+def test_each_kernel_gets_its_share_of_the_cores():
+    import os
+
+    from ftlib.grading.grade import THREAD_VARIABLES, _thread_limits
+
+    cores = len(os.sched_getaffinity(0))
+    limits = _thread_limits(2, {})
+    assert set(limits) == set(THREAD_VARIABLES)
+    assert all(v == str(max(1, cores // 2)) for v in limits.values())
+    assert _thread_limits(cores * 4, {})["OMP_NUM_THREADS"] == "1"  # never 0
+    assert _thread_limits(1, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the instructor's value wins
