@@ -10,7 +10,10 @@ One module per step of the course:
 6. ``ftlib.train``    train while monitoring (``fit``, early stopping)
 7. ``ftlib.evaluate`` evaluate on the held-out test set, once
 
-``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``).
+``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``). The techniques:
+``ftlib.features`` (feature extraction), ``ftlib.regularization`` (L2-SP, label
+smoothing), ``ftlib.techniques`` (LP-FT, discriminative rates, gradual unfreezing, LoRA...),
+``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``).
 Names are imported lazily so ``import ftlib`` stays cheap (no torch until needed).
 """
 from importlib import import_module
@@ -22,14 +25,20 @@ _EXPORTS = {
     "count_parameters": "models", "get_model_spec": "models",
     "DATASETS": "data", "load_dataset": "data", "split_dataset": "data",
     "stratified_split": "data", "make_loader": "data", "prepare_images": "data", "collate_text": "data",
+    "LengthGroupedBatchSampler": "data",
     "load_pretrained_weights": "weights", "top_k_classes": "weights", "sanity_check_imagenet": "weights",
     "replace_head": "heads", "set_dropout": "heads",
     "freeze_backbone": "freezing", "freeze_up_to": "freezing", "unfreeze": "freezing",
-    "set_frozen_batchnorm_eval": "freezing", "GradualUnfreezing": "freezing",
-    "param_groups": "optim", "make_scheduler": "optim", "lr_range_test": "optim",
+    "set_frozen_batchnorm_eval": "freezing", "recalibrate_batchnorm": "freezing", "GradualUnfreezing": "freezing",
+    "freeze_bottom": "freezing", "trainable_summary": "freezing",
+    "param_groups": "optim", "adamw": "optim", "make_scheduler": "optim", "lr_range_test": "optim",
     "fit": "train", "train_one_epoch": "train", "evaluate": "train", "EarlyStopping": "train",
     "HeldOutTest": "evaluate", "confusion_matrix": "evaluate", "macro_f1": "evaluate",
     "finetune": "pipeline",
+    "extract_features": "features", "fit_classifier": "features", "ProbeModel": "features",
+    "l2sp_penalty": "regularization",
+    "TECHNIQUES": "techniques", "feature_extraction": "techniques", "lp_ft": "techniques", "linear_probe": "techniques",
+    "discriminative": "techniques", "gradual_unfreezing": "techniques", "train_l2sp": "techniques", "lora": "techniques",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -64,3 +64,14 @@ def test_fix_batchnorm_momentum_sets_every_batchnorm():
     assert [m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] == [0.1, 0.1]
     with pytest.raises(ValueError, match="momentum"):
         fix_batchnorm_momentum(model, 0)
+
+
+def test_every_top_level_name_resolves_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, ftlib; assert 'torch' not in sys.modules, 'import ftlib must stay cheap'; "
+            "[getattr(ftlib, n) for n in ftlib.__all__]; print(len(ftlib.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 45

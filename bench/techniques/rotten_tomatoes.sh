@@ -1,7 +1,7 @@
 #!/bin/sh
 # Rotten Tomatoes, 2,000 training examples: every technique next to full fine-tuning.
 # One `ftlib compare` per seed, so each seed's results land on disk as soon as it is done;
-# bench/techniques/summarize.py pools them. About 16 min per seed on an idle 2-core CPU.
+# bench/techniques/summarize.py pools them. About 20 min per seed on an idle 2-core CPU.
 set -e
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SEEDS=${SEEDS:-"0 1 2"}
