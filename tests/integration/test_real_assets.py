@@ -56,9 +56,10 @@ def test_short_text_fine_tune_beats_chance_clearly():
     model = load_model("minilm-l6", num_classes=2)
     train = make_loader(splits.train, "minilm-l6", shuffle=True)
     val = make_loader(splits.val, "minilm-l6")
-    fit(model, train, val, epochs=1, lr=1e-4, progress=False)
+    # Three epochs (30 steps): one epoch of 10 steps sat at 0.60-0.68 depending on batch order.
+    fit(model, train, val, epochs=3, lr=1e-4, progress=False)
     accuracy = evaluate(model, make_loader(splits.test, "minilm-l6"))["accuracy"]
-    assert accuracy > 0.65  # chance is about 0.58 (majority class)
+    assert accuracy > 0.65  # chance is about 0.58 (majority class); measured 0.725
 
 
 def test_short_image_fine_tune_beats_chance_clearly():
