@@ -52,7 +52,11 @@ def generate(names: list[str], release: Path) -> None:
                    f"--CourseDirectory.root={ROOT}",
                    f"--CourseDirectory.release_directory={release}",
                    f"--CourseDirectory.db_url=sqlite:///{tmp}/gradebook.db"]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            # nbgrader runs `alembic` by name: the interpreter's own bin/ must be on PATH
+            # even when this script is started as .venv/bin/python without activating.
+            env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable),
+                                                          os.environ.get("PATH", "")])}
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 sys.exit(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}\n{proc.stderr}")
             for nb in sorted((release / name).glob("*.ipynb")):
