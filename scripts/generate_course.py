@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ftlib.grading.grade import _with_venv_path
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, RELEASE = ROOT / "solutions", ROOT / "course"
 
@@ -52,11 +54,10 @@ def generate(names: list[str], release: Path) -> None:
                    f"--CourseDirectory.root={ROOT}",
                    f"--CourseDirectory.release_directory={release}",
                    f"--CourseDirectory.db_url=sqlite:///{tmp}/gradebook.db"]
-            # nbgrader runs `alembic` by name: the interpreter's own bin/ must be on PATH
-            # even when this script is started as .venv/bin/python without activating.
-            env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable),
-                                                          os.environ.get("PATH", "")])}
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+            # nbgrader runs `alembic` by name: the venv's bin/ must be on PATH even when this
+            # script is started as .venv/bin/python without activating.
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  env=_with_venv_path(dict(os.environ)))
             if proc.returncode != 0:
                 sys.exit(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}\n{proc.stderr}")
             for nb in sorted((release / name).glob("*.ipynb")):
