@@ -1,14 +1,16 @@
 """Autograde ONE submission with nbgrader, in a private temporary course: the worker.
 
-`grade` starts ``python -m ftlib.grading.autograde SPEC.json`` once per submission, under
-a wall-clock and memory limit. This process builds a throw-away course directory (a
-gradebook holding only this assignment, the submission, the assignment's support files),
-runs nbgrader's own `Autograde` converter on it (grade cells, points and kernelspec are
-restored from the gradebook, hidden tests run, duplicate ids dropped, deleted grade cells
-re-added) and writes ``result.json``, the autograded notebooks and HTML feedback into the
-spec's output directory. It never touches the real gradebook: the parent does that.
+`grade` forks one worker per submission from a fork server that has imported and warmed
+this module (`prewarm`), and runs it under a wall-clock and memory limit; ``python -m
+ftlib.grading.autograde SPEC.json`` does the same by hand. The worker builds a
+throw-away course directory (a gradebook holding only this assignment, the submission,
+the assignment's support files), runs nbgrader's own `Autograde` converter on it (grade
+cells, points and kernelspec are restored from the gradebook, hidden tests run,
+duplicate ids dropped, deleted grade cells re-added) and writes ``result.json``, the
+autograded notebooks and HTML feedback into the spec's output directory. It never
+touches the real gradebook: the parent does that.
 
-Three nbgrader preprocessors are replaced by subclasses:
+Two nbgrader preprocessors are replaced by subclasses:
 
 - `GradingExecute` starts the kernel through `sandbox.wrap` (no network, answers hidden,
   and a working directory that holds the support files but not the notebook, whose grade
@@ -17,9 +19,14 @@ Three nbgrader preprocessors are replaced by subclasses:
   dead kernel into error outputs for the remaining cells instead of aborting.
 - `LenientSaveAutoGrades` scores like nbgrader but ignores output on stderr: a warning
   or a tqdm bar in a correct answer must not cost the points.
+
+What a submission costs is mostly starting its kernel and nbgrader's bookkeeping, so
+the kernel starts without a history database or the debugger (`ftlib.grading._kernel`),
+and nbgrader's gradebooks in one worker share one SQLAlchemy engine.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +55,7 @@ from ftlib.grading import sandbox
 from ftlib.grading.feedback import error_summary, render_feedback
 from ftlib.grading.notebook import NotebookError, duplicate_cell_ids, read_notebook
 
-__all__ = ["autograde_submission", "GradingExecute", "LenientSaveAutoGrades", "SandboxKernelManager"]
+__all__ = ["autograde_submission", "prewarm", "GradingExecute", "LenientSaveAutoGrades", "SandboxKernelManager"]
 
 # What the kernel-side hooks observed, per notebook file name: filled while nbgrader runs.
 _events: dict[str, dict[str, Any]] = {}
@@ -58,6 +65,14 @@ _GUARD_EXPR = "__import__('ftlib.grading.guard', fromlist=['restore_report']).re
 def _notebook_events(resources: dict) -> dict[str, Any]:
     name = resources.get("nbgrader", {}).get("notebook", "?")
     return _events.setdefault(name, {"restored": {}, "truncated": [], "died_in": None, "timeouts": []})
+
+
+def _without_debugger(cmd: list[str]) -> list[str]:
+    """``python -m ipykernel_launcher ...`` becomes ``python -m ftlib.grading._kernel ...``."""
+    for i in range(len(cmd) - 1):
+        if cmd[i] == "-m" and cmd[i + 1] == "ipykernel_launcher":
+            return [*cmd[:i + 1], "ftlib.grading._kernel", *cmd[i + 2:]]
+    return cmd  # another kind of kernel: run it as it is
 
 
 class SandboxKernelManager(AsyncKernelManager):
@@ -79,7 +94,7 @@ class SandboxKernelManager(AsyncKernelManager):
         super().__init__(**kwargs)
 
     def format_kernel_cmd(self, extra_arguments=None):
-        cmd = super().format_kernel_cmd(extra_arguments)
+        cmd = _without_debugger(super().format_kernel_cmd(extra_arguments))
         if not self.sandbox_enabled:
             return cmd
         # Interrupt through the control channel: a SIGINT to the process group would also
@@ -116,7 +131,8 @@ class GradingExecute(Execute):
         self._out_bytes: dict[int, int] = {}
         self._dead_at = None
         install = f"__import__('ftlib.grading.guard', fromlist=['install']).install({list(self.watched_modules)!r})"
-        self.extra_arguments = [f"--IPKernelApp.exec_lines={install}"]
+        # No history database: nothing reads it, and creating it costs each kernel start 0.05 s.
+        self.extra_arguments = [f"--IPKernelApp.exec_lines={install}", "--HistoryManager.enabled=False"]
         return super().preprocess(nb, resources, km)
 
     def _restore_checks(self) -> list[str]:
@@ -279,6 +295,56 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
     return result
 
 
+@contextlib.contextmanager
+def _one_engine_per_database():
+    """Let nbgrader's many `Gradebook` objects in this worker share one SQLAlchemy engine per URL.
+
+    Autograde opens the gradebook about ten times per notebook, and each new engine
+    compiles every SQL statement again (SQLAlchemy caches compiled statements per
+    engine). `Gradebook.close` disposes the engine's connections, not its cache.
+    """
+    from nbgrader import api
+
+    real, engines = api.create_engine, {}
+
+    def create_engine(url, **kwargs):
+        key = (str(url), repr(sorted(kwargs.items())))
+        if key not in engines:
+            engines[key] = real(url, **kwargs)
+        return engines[key]
+
+    api.create_engine = create_engine
+    try:
+        yield
+    finally:
+        api.create_engine = real
+        for engine in engines.values():
+            engine.dispose()
+
+
+def prewarm() -> None:
+    """Do once what every worker would otherwise do on its first (and only) submission.
+
+    Run in the fork server that `grade` forks its workers from, so each worker starts
+    with these done: the modules nbgrader imports lazily (IPython, via the kernel spec
+    lookup, and the SQLite driver), the compiled notebook schema validator and the
+    configured ORM mappers. About 0.3 s of CPU per submission. Nothing here starts a
+    thread or keeps a file open, so forking afterwards is safe.
+    """
+    import IPython.paths  # noqa: F401 (jupyter_client's kernel spec lookup imports it)
+    import nbformat
+    import sqlalchemy.dialects.sqlite  # noqa: F401
+    from ipykernel import kernelspec  # noqa: F401
+    from nbgrader import api
+    from nbgrader.converters import Autograde  # noqa: F401
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
+    api.Base.metadata.create_all(sqlalchemy.create_engine("sqlite://"))  # in memory, gone with the engine
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    nbformat.validate(nbformat.reads(nbformat.writes(nb), as_version=4))
+
+
 def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
     """Autograde one submission as described by ``spec``; write results to ``spec['output_dir']``.
 
@@ -288,6 +354,15 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
     ``cell_timeout``, ``max_output_bytes``, ``watched_modules``, ``sandbox`` (bool),
     ``hide`` (paths the kernel must not see), ``include_hidden``, ``output_dir``.
     """
+    from nbgrader.converters import Autograde
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import Config
+
+    with _one_engine_per_database():
+        return _autograde(spec)
+
+
+def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
     from nbgrader.converters import Autograde
     from nbgrader.coursedir import CourseDirectory
     from traitlets.config import Config

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import csv
 import hashlib
 import json
@@ -66,44 +67,72 @@ def _with_venv_path(env: dict[str, str]) -> dict[str, str]:
 
 def _build_template(db_url: str, course_id: str, assignment: str, path: str) -> dict[str, Any]:
     """Copy ``assignment`` (cells, points, source with hidden tests) into a fresh gradebook."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import Gradebook
 
     os.environ.update(_with_venv_path(dict(os.environ)))
+    with Gradebook(db_url, course_id) as gb:
+        _stamp_like(gb, path)
+        with Gradebook(f"sqlite:///{path}", course_id) as tpl:
+            return _copy_assignment(gb, tpl, assignment, db_url)
+
+
+def _stamp_like(gb, path: str) -> None:
+    """Give the new SQLite gradebook at ``path`` the schema version of ``gb``.
+
+    nbgrader stamps a new gradebook by running ``alembic heads`` in a subprocess, about
+    2 s of CPU. The template has the course gradebook's schema, so its version is known.
+    """
+    import sqlite3
+
+    from sqlalchemy import text
+
+    try:
+        version = gb.db.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except Exception:  # no such table: let nbgrader stamp it the slow way
+        gb.db.rollback()
+        return
+    if version:
+        with contextlib.closing(sqlite3.connect(path)) as con, con:
+            con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            con.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (version,))
+
+
+def _copy_assignment(gb, tpl, assignment: str, db_url: str) -> dict[str, Any]:
+    from nbgrader.api import MissingEntry
 
     info: dict[str, Any] = {"notebooks": {}, "students": []}
-    with Gradebook(db_url, course_id) as gb, Gradebook(f"sqlite:///{path}", course_id) as tpl:
-        try:
-            a = gb.find_assignment(assignment)
-        except MissingEntry:
-            raise ValueError(
-                f"The assignment {assignment!r} is not in the gradebook {db_url}. Known assignments: "
-                f"{', '.join(x.name for x in gb.assignments) or 'none'}. Run "
-                f"'nbgrader generate_assignment {assignment}' first.") from None
-        info["students"] = sorted(s.id for s in gb.students)
-        tpl.add_assignment(a.name, duedate=a.duedate)
-        fingerprint = hashlib.sha256()
-        for nb in sorted(a.notebooks, key=lambda n: n.name):
-            tpl.add_notebook(nb.name, a.name, kernelspec=nb.kernelspec)
-            cells = []
-            for c in nb.grade_cells:
-                tpl.add_grade_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
-                cells.append(c.name)
-            for c in nb.solution_cells:
-                tpl.add_solution_cell(c.name, nb.name, a.name)
-            for c in nb.task_cells:
-                tpl.add_task_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
-            for c in sorted(nb.source_cells, key=lambda c: c.name):
-                tpl.add_source_cell(c.name, nb.name, a.name, cell_type=c.cell_type, locked=c.locked,
-                                    source=c.source, checksum=c.checksum)
-                fingerprint.update(f"{nb.name}\0{c.name}\0{c.source}\0{c.checksum}\0".encode())
-            for c in nb.grade_cells:
-                fingerprint.update(f"{c.name}\0{c.max_score}\0".encode())
-            info["notebooks"][nb.name] = {
-                "grade_cells": [c.name for c in sorted(nb.grade_cells, key=lambda c: c.id)],
-                "max_scores": {c.name: c.max_score for c in nb.grade_cells},
-                "sources": [c.source for c in nb.source_cells],
-            }
-        info["fingerprint"] = fingerprint.hexdigest()
+    try:
+        a = gb.find_assignment(assignment)
+    except MissingEntry:
+        raise ValueError(
+            f"The assignment {assignment!r} is not in the gradebook {db_url}. Known assignments: "
+            f"{', '.join(x.name for x in gb.assignments) or 'none'}. Run "
+            f"'nbgrader generate_assignment {assignment}' first.") from None
+    info["students"] = sorted(s.id for s in gb.students)
+    tpl.add_assignment(a.name, duedate=a.duedate)
+    fingerprint = hashlib.sha256()
+    for nb in sorted(a.notebooks, key=lambda n: n.name):
+        tpl.add_notebook(nb.name, a.name, kernelspec=nb.kernelspec)
+        cells = []
+        for c in nb.grade_cells:
+            tpl.add_grade_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
+            cells.append(c.name)
+        for c in nb.solution_cells:
+            tpl.add_solution_cell(c.name, nb.name, a.name)
+        for c in nb.task_cells:
+            tpl.add_task_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
+        for c in sorted(nb.source_cells, key=lambda c: c.name):
+            tpl.add_source_cell(c.name, nb.name, a.name, cell_type=c.cell_type, locked=c.locked,
+                                source=c.source, checksum=c.checksum)
+            fingerprint.update(f"{nb.name}\0{c.name}\0{c.source}\0{c.checksum}\0".encode())
+        for c in nb.grade_cells:
+            fingerprint.update(f"{c.name}\0{c.max_score}\0".encode())
+        info["notebooks"][nb.name] = {
+            "grade_cells": [c.name for c in sorted(nb.grade_cells, key=lambda c: c.id)],
+            "max_scores": {c.name: c.max_score for c in nb.grade_cells},
+            "sources": [c.source for c in nb.source_cells],
+        }
+    info["fingerprint"] = fingerprint.hexdigest()
     return info
 
 
@@ -163,9 +192,16 @@ def _fork_context():
 
     if not _CONTEXT:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["ftlib.grading.autograde"])
+        ctx.set_forkserver_preload(["ftlib.grading._preload"])
         _CONTEXT.append(ctx)
     return _CONTEXT[0]
+
+
+def _start_fork_server() -> None:
+    from multiprocessing import forkserver
+
+    _fork_context()
+    forkserver.ensure_running()
 
 
 def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -217,31 +253,37 @@ def _row(student: str, assignment: str, info: dict, outcome: dict[str, Any] | No
     return row
 
 
-def _write_gradebook(db_url: str, course_id: str, assignment: str, student: str, outcome: dict | None,
-                     info: dict, failed: bool) -> None:
+def _write_gradebook(gb, assignment: str, student: str, outcome: dict | None, info: dict, failed: bool) -> None:
+    """Store one student's auto scores and comments in the open gradebook ``gb`` and commit."""
     import warnings
 
-    from nbgrader.api import Gradebook
-
-    with warnings.catch_warnings(), Gradebook(db_url, course_id) as gb:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy session warnings
-        gb.update_or_create_student(student)
-        kwargs = {"timestamp": outcome["timestamp"]} if outcome and outcome.get("timestamp") else {}
-        gb.update_or_create_submission(assignment, student, **kwargs)
-        for nb, nbinfo in info["notebooks"].items():
-            res = (outcome or {}).get("notebooks", {}).get(nb, {})
-            scores = {g["grade_id"]: g["score"] for g in res.get("grades", [])}
-            for gid in nbinfo["grade_cells"]:
-                grade = gb.find_grade(gid, nb, assignment, student)
-                grade.auto_score = 0.0 if failed else scores.get(gid, 0.0)
-                grade.needs_manual_grade = failed or grade.manual_score is not None or grade.auto_score is None
-            for cid, text in res.get("comments", {}).items():
-                comment = gb.find_comment(cid, nb, assignment, student)
-                comment.auto_comment = text
-            if res:
-                snb = gb.find_submission_notebook(nb, assignment, student)
-                snb.late_submission_penalty = res.get("late_penalty") or None
-        gb.db.commit()
+        try:
+            _store(gb, assignment, student, outcome, info, failed)
+        except BaseException:
+            gb.db.rollback()  # the batch's one session must stay usable for the next student
+            raise
+
+
+def _store(gb, assignment: str, student: str, outcome: dict | None, info: dict, failed: bool) -> None:
+    gb.update_or_create_student(student)
+    kwargs = {"timestamp": outcome["timestamp"]} if outcome and outcome.get("timestamp") else {}
+    gb.update_or_create_submission(assignment, student, **kwargs)
+    for nb, nbinfo in info["notebooks"].items():
+        res = (outcome or {}).get("notebooks", {}).get(nb, {})
+        scores = {g["grade_id"]: g["score"] for g in res.get("grades", [])}
+        for gid in nbinfo["grade_cells"]:
+            grade = gb.find_grade(gid, nb, assignment, student)
+            grade.auto_score = 0.0 if failed else scores.get(gid, 0.0)
+            grade.needs_manual_grade = failed or grade.manual_score is not None or grade.auto_score is None
+        for cid, text in res.get("comments", {}).items():
+            comment = gb.find_comment(cid, nb, assignment, student)
+            comment.auto_comment = text
+        if res:
+            snb = gb.find_submission_notebook(nb, assignment, student)
+            snb.late_submission_penalty = res.get("late_penalty") or None
+    gb.db.commit()
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -300,6 +342,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
     if not timeout or timeout <= 0:
         raise ValueError(f"The 'timeout' must be a positive number of seconds, got {timeout!r}.")
     course_dir = os.path.abspath(course_dir)
+    _start_fork_server()  # it imports nbgrader on the other core while this process does the same
     coursedir, cfg = _load_coursedir(course_dir)
     if cell_timeout is None:
         cell_timeout = int(cfg.Execute.get("timeout", 30) or 30)
@@ -387,7 +430,11 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         log(f"Grading {len(jobs)} submission(s) of {assignment} with {workers} worker(s)"
             f"{f'; {skipped} unchanged, not graded again (use --force)' if skipped > 0 else ''}.")
         started = time.monotonic()
-        with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        from nbgrader.api import Gradebook
+
+        # One connection for the whole batch: opening nbgrader's Gradebook costs 0.15 s of CPU.
+        with Gradebook(coursedir.db_url, coursedir.course_id) as gb, \
+                cf.ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_grade_one, job) for job in jobs]
             for future in cf.as_completed(futures):
                 done = future.result()
@@ -406,7 +453,13 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                     message = "; ".join(f"{nb}: {r['message']}" if len(outcome["notebooks"]) > 1 else r["message"]
                                         for nb, r in outcome["notebooks"].items() if r["message"])
                 failed = outcome is None
-                _write_gradebook(coursedir.db_url, coursedir.course_id, assignment, student, outcome, info, failed)
+                stored = True
+                try:
+                    _write_gradebook(gb, assignment, student, outcome, info, failed)
+                except Exception as e:  # a locked or broken database: keep grading, retry next run
+                    stored = False
+                    message = (f"{message}; " if message else "") + \
+                        f"NOT stored in the gradebook ({type(e).__name__}: {e}); run again to retry"
                 out_dir = job["spec"]["output_dir"]
                 for kind, root in (("autograded", autograded_root), ("feedback", feedback_root)):
                     src = os.path.join(out_dir, kind)
@@ -417,7 +470,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                             shutil.copy(os.path.join(src, name), os.path.join(dst, name))
                 row = _row(student, assignment, info, outcome, status, message)
                 rows[student] = row
-                if outcome is not None or status in ("timeout", "memory"):
+                if stored and (outcome is not None or status in ("timeout", "memory")):
                     state[student] = {"hash": job["hash"], "row": row}  # a grader failure is retried next time
                 log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
                     f"{'  ' + message if message else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
