@@ -6,10 +6,11 @@ repository), releases it with nbgrader, writes N copies of the reference answers
 submissions, then in one run times:
 
 1. ``nbgrader autograde ASSIGNMENT`` (serial, nbgrader's own command line);
-2. ``grade_main([ASSIGNMENT, "--workers", W, "--force"])`` on the same submissions;
-3. ``check_main([notebook])`` on one learner notebook.
+2. ``ftlib grade ASSIGNMENT --workers W --force`` on the same submissions;
+3. ``ftlib check NOTEBOOK`` on one learner notebook.
 
-Prints wall times and the ratio; asserts nothing.
+Each is a fresh command-line process, as a user runs it, so every figure includes the
+command's own start-up and imports. Prints wall times and the ratio; asserts nothing.
 
     .venv/bin/python bench/grading/bench_grade.py                 # toy ps1, 20 submissions
     .venv/bin/python bench/grading/bench_grade.py --assignment 01_choose_model -n 4
@@ -28,8 +29,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from ftlib.grading.check import check_main  # noqa: E402
-from ftlib.grading.grade import _load_coursedir, _with_venv_path, grade_main  # noqa: E402
+from ftlib.grading.grade import _load_coursedir, _with_venv_path  # noqa: E402
 
 TOY = os.path.join(REPO, "tests", "grading", "fixtures", "ps1")
 CONFIG = """c = get_config()
@@ -96,23 +96,25 @@ def main(argv=None) -> int:
                     json.dump(reference_submission(source, release), f)
 
         env = _with_venv_path(dict(os.environ))
-        t0 = time.perf_counter()
-        r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nbgrader"), "autograde",
-                            args.assignment], cwd=root, env=env, capture_output=True, text=True)
-        serial = time.perf_counter() - t0
-        if r.returncode != 0:
-            print(r.stderr[-2000:])
+        bindir = os.path.dirname(sys.executable)
 
-        t0 = time.perf_counter()
-        rc = grade_main([args.assignment, "--course-dir", root, "--workers", str(args.workers), "--force",
-                         "--cell-timeout", str(args.cell_timeout), "--memory", args.memory])
-        parallel = time.perf_counter() - t0
+        def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            print(r.stdout[-3000:], end="")
+            if r.returncode != 0:
+                print(r.stderr[-2000:])
+            return seconds, r
 
+        serial, r = timed([os.path.join(bindir, "nbgrader"), "autograde", args.assignment])
+        parallel, g = timed([os.path.join(bindir, "ftlib"), "grade", args.assignment, "--workers",
+                             str(args.workers), "--force", "--cell-timeout", str(args.cell_timeout),
+                             "--memory", args.memory])
         learner = os.path.join(root, "submitted", "student000", args.assignment, notebooks[0])
-        t0 = time.perf_counter()
-        check_rc = check_main([learner, "--release-dir", os.path.join(root, "course"),
-                               "--timeout", str(args.cell_timeout)])
-        check_s = time.perf_counter() - t0
+        check_s, c = timed([os.path.join(bindir, "ftlib"), "check", learner, "--release-dir",
+                            os.path.join(root, "course"), "--timeout", str(args.cell_timeout)])
+        rc, check_rc = g.returncode, c.returncode
 
         print()
         print(f"assignment {args.assignment}, {args.n} submissions, {os.cpu_count()} CPUs")
