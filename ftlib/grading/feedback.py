@@ -71,17 +71,21 @@ def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student
     esc = html.escape
     got = sum(g["score"] or 0 for g in grades)
     total = sum(g["max_score"] for g in grades)
+    by_hand = sum(g["max_score"] for g in grades if g["score"] is None)
+    pending = f" ({by_hand:g} of them to be graded by your instructor)" if by_hand else ""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(assignment)}/{esc(notebook)}"
              f" - {esc(student)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{esc(assignment)} / {esc(notebook)}</h1>",
-             f"<p>Student: <b>{esc(student)}</b>. Score: <b>{got:g} / {total:g}</b>. Status: <b>{esc(status)}</b>.</p>",
+             f"<p>Student: <b>{esc(student)}</b>. Score: <b>{got:g} / {total:g}</b>{pending}. Status: <b>{esc(status)}</b>.</p>",
              "<table><tr><th>test</th><th>points</th><th>result</th><th>message</th></tr>"]
     for g in grades:
-        ok = g["score"] is not None and g["score"] >= g["max_score"]
-        cls = "pass" if ok else "fail"
-        score = "?" if g["score"] is None else f"{g['score']:g}"
+        if g["score"] is None:  # a written answer, graded by a person in nbgrader's formgrader
+            score, cls, result = "?", "", "graded by hand"
+        else:
+            ok = g["score"] >= g["max_score"]
+            score, cls, result = f"{g['score']:g}", "pass" if ok else "fail", "pass" if ok else "fail"
         parts.append(f"<tr><td><a href='#{esc(g['grade_id'])}'>{esc(g['grade_id'])}</a></td>"
-                     f"<td>{score} / {g['max_score']:g}</td><td class='{cls}'>{'pass' if ok else 'fail'}</td>"
+                     f"<td>{score} / {g['max_score']:g}</td><td class='{cls}'>{result}</td>"
                      f"<td>{esc(g.get('message') or '')}</td></tr>")
     parts.append("</table><h2>Your notebook, as graded</h2>")
     for cell in nb.get("cells", []):

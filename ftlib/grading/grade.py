@@ -243,12 +243,21 @@ def _row(student: str, assignment: str, info: dict, outcome: dict[str, Any] | No
         for nb, res in outcome["notebooks"].items():
             for g in res["grades"]:
                 scores[(nb, g["grade_id"])] = g["score"]
+    by_hand = []
     for nb, nbinfo in info["notebooks"].items():
         for gid in nbinfo["grade_cells"]:
-            score = scores.get((nb, gid), 0.0) or 0.0
-            row[f"{nb}:{gid}" if multi else gid] = score
-            total += score
+            key = f"{nb}:{gid}" if multi else gid
             max_total += nbinfo["max_scores"][gid]
+            if (nb, gid) in scores and scores[(nb, gid)] is None:  # a written answer: nbgrader's formgrader
+                row[key] = ""
+                by_hand.append(f"{key} ({nbinfo['max_scores'][gid]:g})")
+                continue
+            score = scores.get((nb, gid), 0.0) or 0.0
+            row[key] = score
+            total += score
+    if by_hand:
+        note = f"to grade by hand: {', '.join(by_hand)}"
+        message = f"{message}; {note}" if message else note
     row.update(total=total, max_total=max_total, status=status, message=message)
     return row
 
@@ -473,7 +482,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                 if stored and (outcome is not None or status in ("timeout", "memory")):
                     state[student] = {"hash": job["hash"], "row": row}  # a grader failure is retried next time
                 log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
-                    f"{'  ' + message if message else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+                    f"{'  ' + row['message'] if row['message'] else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
         log(f"Graded {len(jobs)} submission(s) in {time.monotonic() - started:.1f} s.")
         os.makedirs(os.path.dirname(state_path), exist_ok=True)
         with open(state_path, "w", encoding="utf-8") as f:

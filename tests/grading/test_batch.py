@@ -155,3 +155,21 @@ def test_the_grading_kernel_is_ipykernel_without_the_debugger(tmp_path, monkeypa
     assert graded[0] == "None", graded
     assert stock[0] != "None"  # the stock kernel here does load debugpy
     assert graded[1] == stock[1]  # the same sys.path: the learner's imports resolve alike
+
+
+def test_a_written_answer_is_left_for_a_person_not_scored_zero():
+    from ftlib.grading.feedback import render_feedback
+    from ftlib.grading.grade import _row
+
+    info = {"notebooks": {"nb": {"grade_cells": ["code_test", "essay"], "max_scores": {"code_test": 2, "essay": 3}}}}
+    grades = [{"grade_id": "code_test", "score": 2.0, "max_score": 2, "message": ""},
+              {"grade_id": "essay", "score": None, "max_score": 3, "message": ""}]
+    row = _row("ann", "a1", info, {"notebooks": {"nb": {"grades": grades}}}, "ok", "")
+    assert (row["code_test"], row["essay"], row["total"], row["max_total"]) == (2.0, "", 2.0, 5.0)
+    assert row["message"] == "to grade by hand: essay (3)"
+    assert _row("bob", "a1", info, None, "missing", "no submission")["essay"] == 0.0  # nothing to grade
+
+    page = render_feedback({"cells": []}, grades, student="ann", assignment="a1", notebook="nb", status="ok")
+    assert "<td>? / 3</td><td class=''>graded by hand</td>" in page
+    assert "2 / 5</b> (3 of them to be graded by your instructor)" in page
+    assert "fail" not in page.split("<table>")[1]
