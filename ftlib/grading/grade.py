@@ -113,10 +113,8 @@ def _copy_assignment(gb, tpl, assignment: str, db_url: str) -> dict[str, Any]:
     fingerprint = hashlib.sha256()
     for nb in sorted(a.notebooks, key=lambda n: n.name):
         tpl.add_notebook(nb.name, a.name, kernelspec=nb.kernelspec)
-        cells = []
         for c in nb.grade_cells:
             tpl.add_grade_cell(c.name, nb.name, a.name, max_score=c.max_score, cell_type=c.cell_type)
-            cells.append(c.name)
         for c in nb.solution_cells:
             tpl.add_solution_cell(c.name, nb.name, a.name)
         for c in nb.task_cells:
@@ -316,6 +314,10 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                      include_hidden: bool = False, use_sandbox: bool = True,
                      max_output_bytes: int = 1_000_000, log=print) -> list[dict[str, Any]]:
     """Autograde every submission of ``assignment``; return one CSV row (dict) per student.
+
+    Workers are forked from a `multiprocessing` fork server, so a script that calls this
+    must do it under ``if __name__ == "__main__":``, as for any multiprocessing code;
+    notebooks and the ``ftlib grade`` command need nothing.
 
     Parameters
     ----------
