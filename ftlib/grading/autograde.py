@@ -340,7 +340,9 @@ def prewarm() -> None:
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()
-    api.Base.metadata.create_all(sqlalchemy.create_engine("sqlite://"))  # in memory, gone with the engine
+    engine = sqlalchemy.create_engine("sqlite://")  # in memory
+    api.Base.metadata.create_all(engine)
+    engine.dispose()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
     nbformat.validate(nbformat.reads(nbformat.writes(nb), as_version=4))
 
@@ -354,10 +356,6 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
     ``cell_timeout``, ``max_output_bytes``, ``watched_modules``, ``sandbox`` (bool),
     ``hide`` (paths the kernel must not see), ``include_hidden``, ``output_dir``.
     """
-    from nbgrader.converters import Autograde
-    from nbgrader.coursedir import CourseDirectory
-    from traitlets.config import Config
-
     with _one_engine_per_database():
         return _autograde(spec)
 

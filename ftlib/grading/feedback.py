@@ -82,8 +82,8 @@ def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student
         if g["score"] is None:  # a written answer, graded by a person in nbgrader's formgrader
             score, cls, result = "?", "", "graded by hand"
         else:
-            ok = g["score"] >= g["max_score"]
-            score, cls, result = f"{g['score']:g}", "pass" if ok else "fail", "pass" if ok else "fail"
+            score = f"{g['score']:g}"
+            cls = result = "pass" if g["score"] >= g["max_score"] else "fail"
         parts.append(f"<tr><td><a href='#{esc(g['grade_id'])}'>{esc(g['grade_id'])}</a></td>"
                      f"<td>{score} / {g['max_score']:g}</td><td class='{cls}'>{result}</td>"
                      f"<td>{esc(g.get('message') or '')}</td></tr>")
