@@ -137,6 +137,12 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-rank", type=_positive_int, help="lora: adapter rank r (default 8)")
 
 
+# The names of ftlib.techniques.TECHNIQUES, written out so that parsing options (and
+# `ftlib --help`) does not import torch; a test keeps the two equal.
+TECHNIQUE_NAMES = ("full", "scratch", "feature-extraction", "frozen", "lp-ft", "discriminative", "gradual",
+                   "l2sp", "lora")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line (exit status 2), not a usage dump."""
 
@@ -154,9 +160,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--task", choices=["text", "image"], default="text")
     ft.add_argument("--model", help="registered model name or, with --allow-download, a Hugging Face id")
     ft.add_argument("--dataset", help="registered data set (see `ftlib datasets`)")
-    from ftlib.techniques import TECHNIQUES
-
-    ft.add_argument("--technique", choices=sorted(TECHNIQUES), default="full")
+    ft.add_argument("--technique", choices=sorted(TECHNIQUE_NAMES), default="full")
     ft.add_argument("--train-size", type=_positive_int)
     ft.add_argument("--val-size", type=_positive_int)
     ft.add_argument("--test-size", type=_positive_int)
@@ -177,8 +181,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--task", choices=["text", "image"], default="text")
     cmp.add_argument("--model", help="registered model (default: the task's)")
     cmp.add_argument("--dataset", help="registered data set (default: the task's)")
-    cmp.add_argument("--techniques", nargs="+", choices=list(TECHNIQUES), metavar="TECHNIQUE",
-                     help=f"techniques to compare, from: {', '.join(TECHNIQUES)}")
+    cmp.add_argument("--techniques", nargs="+", choices=list(TECHNIQUE_NAMES), metavar="TECHNIQUE",
+                     help=f"techniques to compare, from: {', '.join(TECHNIQUE_NAMES)}")
     cmp.add_argument("--train-sizes", nargs="+", type=_positive_int, metavar="N")
     cmp.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
     cmp.add_argument("--val-size", type=_positive_int)
@@ -194,6 +198,11 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--progress", action="store_true", help="progress bars inside each run")
     _add_technique_flags(cmp)
     cmp.set_defaults(func=_cmd_compare)
+    # Listed here for --help; main() hands them their arguments before this parser runs.
+    sub.add_parser("check", add_help=False,
+                   help="check your answers in a course notebook in a fresh process (`ftlib check --help`)")
+    sub.add_parser("grade", add_help=False,
+                   help="autograde a class's submissions in parallel, sandboxed (`ftlib grade --help`)")
     return parser
 
 

@@ -73,3 +73,20 @@ def test_finetune_allocator_can_be_left_alone(tmp_path, monkeypatch):
                      "--test-size", "8", "--epochs", "1", "--quiet", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "metrics.json").read_text())["allocator"] == "system"
+
+
+def test_help_lists_every_command_without_importing_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom ftlib.cli import main\n"
+                          "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                          "print('torch imported' if 'torch' in sys.modules else 'torch not imported')"],
+                         capture_output=True, text=True, timeout=120).stdout
+    for command in ("models", "datasets", "finetune", "compare", "check", "grade"):
+        assert f"    {command} " in out, f"`ftlib --help` does not list {command}:\n{out}"
+    assert "torch not imported" in out
+
+
+def test_technique_names_match_the_registry():
+    from ftlib.cli import TECHNIQUE_NAMES
+    from ftlib.techniques import TECHNIQUES
+
+    assert TECHNIQUE_NAMES == tuple(TECHNIQUES)
