@@ -13,7 +13,9 @@ used here: ``ftlib.evaluate`` touches it once, at the end.
 from __future__ import annotations
 
 import math
+import os
 import random
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -65,9 +67,54 @@ def logits_and_labels(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torc
     return logits, batch["labels"]
 
 
+def progress_style() -> str:
+    """``"bars"`` in Jupyter or when stderr is a terminal, else ``"lines"``.
+
+    Progress bars redraw themselves with carriage returns, which a log file, CI or
+    ``nohup`` keeps as hundreds of fragments; off a terminal each phase prints one line
+    with its time instead. ``FTLIB_PROGRESS=bars`` or ``=lines`` overrides the guess.
+    """
+    forced = os.environ.get("FTLIB_PROGRESS", "").strip().lower()
+    if forced in ("bars", "lines"):
+        return forced
+    if _in_jupyter():
+        return "bars"
+    stream = sys.stderr
+    return "bars" if stream is not None and hasattr(stream, "isatty") and stream.isatty() else "lines"
+
+
+def _in_jupyter() -> bool:
+    shell = sys.modules.get("IPython")
+    ipython = getattr(shell, "get_ipython", lambda: None)() if shell is not None else None
+    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
+
+
+class _Lines:
+    """A stand-in for a tqdm bar off a terminal: one line per phase, when it ends."""
+
+    def __init__(self, iterable, desc: str = "", unit: str = "step", **_):
+        self.iterable, self.desc, self.unit = iterable, desc, unit
+
+    def __iter__(self):
+        start, n = time.perf_counter(), 0
+        for n, item in enumerate(self.iterable, 1):
+            yield item
+        unit = self.unit if n == 1 else {"batch": "batches"}.get(self.unit, self.unit + "s")
+        print(f"{self.desc}: {n} {unit} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+
+    def set_postfix(self, **_) -> None:
+        """Live figures belong to a bar; the epoch's summary line carries them here."""
+
+    @staticmethod
+    def write(text: str) -> None:
+        print(text, flush=True)  # where tqdm.write prints too
+
+
 def _progress(iterable, enabled: bool, **kwargs):
     if not enabled:
         return iterable
+    if progress_style() == "lines":
+        return _Lines(iterable, **kwargs)
     import warnings
 
     from tqdm import TqdmExperimentalWarning
@@ -109,7 +156,7 @@ def train_one_epoch(
     set_frozen_batchnorm_eval(model)
     start = time.perf_counter()
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
-    bar = _progress(loader, progress, desc=desc)
+    bar = _progress(loader, progress, desc=desc, unit="batch")
     for batch in bar:
         batch = _to(batch, device)
         logits, labels = logits_and_labels(model, batch)
@@ -156,7 +203,7 @@ def evaluate(
     model.eval()
     total_loss, y_true, y_pred = 0.0, [], []
     try:
-        for batch in _progress(loader, progress, desc=desc):
+        for batch in _progress(loader, progress, desc=desc, unit="batch"):
             batch = _to(batch, device)
             logits, labels = logits_and_labels(model, batch)
             total_loss += loss_fn(logits, labels).item() * labels.shape[0]
@@ -324,7 +371,7 @@ def fit(
     tracker = EarlyStopping(1, 0.0, "min" if monitor == "val_loss" else "max")  # best epoch only
     best_state = None
     history = History()
-    epoch_bar = _progress(range(epochs), progress, desc="epochs")
+    epoch_bar = _progress(range(epochs), progress, desc="epochs", unit="epoch")
     for epoch in epoch_bar:
         start = time.perf_counter()
         if on_epoch_start is not None:

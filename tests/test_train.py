@@ -28,10 +28,13 @@ def test_same_seed_same_history():
     assert strip(runs[0]) == strip(runs[1])
 
 
-def test_progress_bars_do_not_change_results(tokenizer, capsys):
+@pytest.mark.parametrize("style", ["bars", "lines"])
+def test_progress_bars_do_not_change_results(tokenizer, capsys, monkeypatch, style):
     # A shuffled, length-grouped text loader, as `ftlib finetune` uses: showing bars must
     # not consume the loader's random generator (tqdm.auto's terminal bar did).
     import numpy as np
+
+    monkeypatch.setenv("FTLIB_PROGRESS", style)
 
     from ftlib.data import TaskData, make_loader
 
@@ -104,3 +107,80 @@ def test_bad_inputs_get_clear_errors(tiny_cnn, image_loader):
         fit(tiny_cnn, image_loader, lr=0, progress=False)
     with pytest.raises(TypeError, match="dicts with a 'labels' entry"):
         logits_and_labels(tiny_cnn, (torch.randn(1, 3, 8, 8), torch.tensor([0])))
+
+
+_FIT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+from ftlib.models import load_model
+from ftlib.train import fit
+from tiny_data import make_image_loader
+torch.manual_seed(0)
+fit(load_model("tiny-cnn", num_classes=3), make_image_loader(n=96), make_image_loader(n=48, seed=1),
+    epochs=2, lr=1e-2, progress=True)
+"""
+
+
+def _run_fit(stderr, env_extra=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "FTLIB_PROGRESS"}
+    env.update(env_extra or {})
+    script = _FIT_SCRIPT.format(tests=str(Path(__file__).parent))
+    return subprocess.run([sys.executable, "-c", script], stdout=stderr, stderr=stderr, env=env,
+                          timeout=300, check=True)
+
+
+def test_progress_off_a_terminal_is_one_line_per_phase(tmp_path):
+    # `ftlib finetune > log 2>&1`, CI, nohup: no carriage-return fragments, one line per
+    # phase with its time, then the epoch's summary.
+    log = tmp_path / "log"
+    with open(log, "wb") as stderr:
+        _run_fit(stderr)
+    text = log.read_text()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "epoch 1/2", "validate", "epoch 1/2", "epoch 2/2", "validate", "epoch 2/2", "epochs"], text
+    assert lines[0].startswith("epoch 1/2: 12 batches in ") and lines[0].endswith("s")
+    assert lines[1].startswith("validate: 6 batches in ")
+    assert "train loss" in lines[2] and "val loss" in lines[2]
+    assert lines[-1].startswith("epochs: 2 epochs in ")
+
+
+def test_progress_in_a_terminal_keeps_the_bars():
+    import fcntl
+    import os
+    import struct
+    import termios
+    import threading
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    chunks = []
+
+    def read():  # drain the terminal while the run writes, so a full buffer cannot block it
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the other end closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        _run_fit(follower)
+    finally:
+        os.close(follower)
+        reader.join(timeout=30)
+        os.close(leader)
+    text = b"".join(chunks).decode(errors="replace")
+    assert "\r" in text and "batch/s" in text  # tqdm redrawing its bar
+    assert "train loss" in text
