@@ -151,6 +151,7 @@ class HeldOutTest:
 def plot_history(history, ax=None, path=None):
     """Learning curves (loss and accuracy, train vs validation) from a History or list of dicts."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = history.to_list() if hasattr(history, "to_list") else list(history)
     if not epochs:
@@ -164,6 +165,12 @@ def plot_history(history, ax=None, path=None):
         if epochs[0].get(f"val_{metric}") is not None:
             ax[i].plot(x, [e[f"val_{metric}"] for e in epochs], "o-", label="validation")
         ax[i].set_xlabel("epoch")
+        # Epochs are whole numbers; half a unit of margin keeps a one-epoch run readable.
+        if len(x) <= 10:
+            ax[i].set_xticks(x)
+        else:
+            ax[i].xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax[i].set_xlim(min(x) - 0.5, max(x) + 0.5)
         ax[i].set_ylabel(metric)
         ax[i].legend()
     fig.tight_layout()

@@ -60,3 +60,20 @@ def test_plots_are_saved(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "cm.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="empty"):
         plot_history([])
+
+
+@pytest.mark.parametrize("num_epochs", [1, 2, 3, 4, 30])
+def test_learning_curves_label_whole_epochs(num_epochs):
+    import matplotlib.pyplot as plt
+
+    history = [{"epoch": e, "train_loss": 1.0 / (e + 1), "train_accuracy": 0.5, "val_loss": 0.9,
+                "val_accuracy": 0.6} for e in range(num_epochs)]
+    ax = plot_history(history)
+    for axis in ax:
+        lo, hi = axis.get_xlim()
+        ticks = [t for t in axis.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert 1 <= min(ticks) and max(ticks) <= num_epochs
+        if num_epochs <= 4:
+            assert ticks == list(range(1, num_epochs + 1))
+    plt.close(ax[0].figure)
