@@ -486,11 +486,11 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                 log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
                     f"{'  ' + row['message'] if row['message'] else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
         log(f"Graded {len(jobs)} submission(s) in {time.monotonic() - started:.1f} s.")
-        os.makedirs(os.path.dirname(state_path), exist_ok=True)
-        with open(state_path, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1)
+        _write_atomic(state_path, json.dumps(state, indent=1))
         ordered = [rows[s] for s in sorted(rows)]
-        _write_csv(csv_path, ordered, info)
+        # Grading a subset updates its rows; everyone else's stay as the last run wrote them.
+        others = _read_csv(csv_path, exclude=rows) if students else []
+        _write_csv(csv_path, sorted(ordered + others, key=lambda r: r["student"]), info)
         log(f"Wrote {csv_path}")
         return ordered
     finally:
@@ -498,15 +498,45 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _write_atomic(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: an interrupted run leaves the old file whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ftlib-", dir=folder)
+    try:
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _read_csv(path: str, exclude) -> list[dict[str, Any]]:
+    """The rows of an earlier CSV at ``path`` whose student is not in ``exclude``."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [r for r in csv.DictReader(f) if r.get("student") and r["student"] not in exclude]
+    except FileNotFoundError:
+        return []
+
+
 def _write_csv(path: str, rows: list[dict[str, Any]], info: dict) -> None:
+    import io
+
     multi = len(info["notebooks"]) > 1
     cells = [f"{nb}:{g}" if multi else g for nb, i in info["notebooks"].items() for g in i["grade_cells"]]
     fields = ["student", "assignment", *cells, "total", "max_total", "status", "message"]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buf.getvalue())
 
 
 def _parser() -> argparse.ArgumentParser:
