@@ -441,12 +441,33 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The kernel's sockets are <runtime dir>/kernel-<12 hex>-ipc-<1..5> (`SandboxKernelManager`),
+# and a Unix socket path holds at most 107 bytes.
+_SOCKET_PATH_BYTES = 107
+_SOCKET_NAME = "kernel-123456789abc-ipc-5"
+
+
+def runtime_dir(root: str | None) -> str:
+    """A new directory for the kernel's connection file and sockets, short enough for them.
+
+    Under ``root`` when the sockets' paths fit there, else under the temporary directory or
+    ``/tmp``: a long student id or ``TMPDIR`` must not push them past the limit.
+    """
+    for base in (root, tempfile.gettempdir(), "/tmp"):
+        if base and os.path.isdir(base):
+            probe = os.path.join(os.path.abspath(base), "ftlib-rt-12345678", _SOCKET_NAME)
+            if len(os.fsencode(probe)) <= _SOCKET_PATH_BYTES:
+                return tempfile.mkdtemp(prefix="ftlib-rt-", dir=base)
+    raise OSError(f"No directory short enough for the kernel's sockets (at most {_SOCKET_PATH_BYTES} bytes): "
+                  f"set TMPDIR to a short path such as /tmp.")
+
+
 def main(argv: list[str]) -> int:
     """``python -m ftlib.grading.autograde SPEC.json``: run `autograde_submission`."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(argv[0], encoding="utf-8") as f:
         spec = json.load(f)
-    os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ftlib-runtime-", dir=spec.get("tmp_root"))
+    os.environ["JUPYTER_RUNTIME_DIR"] = runtime_dir(spec.get("tmp_root"))
     try:
         autograde_submission(spec)
     finally:

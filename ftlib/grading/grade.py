@@ -384,7 +384,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                                                   ".git", "grades")]
     hide += [p for p in (db_file, os.path.dirname(os.path.abspath(csv_path))) if p]
 
-    work = tempfile.mkdtemp(prefix="ftlib-grade-batch-")
+    work = tempfile.mkdtemp(prefix="ftlib-grade-")
     try:
         template = os.path.join(work, "template.db")
         info = _build_template(coursedir.db_url, coursedir.course_id, assignment, template)
@@ -428,7 +428,8 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
             if not force and previous and previous.get("hash") == digest:
                 rows[student] = previous["row"]
                 continue
-            out_dir = os.path.join(work, "out", student)
+            # Named by number, not by student id: ids can be long, and the kernel's sockets live here.
+            out_dir = os.path.join(work, str(len(jobs)))
             os.makedirs(out_dir)
             spec = {"assignment": assignment, "student": student, "submission_dir": sub,
                     "template_db": template, "support_dir": source_dir, "notebooks": sorted(info["notebooks"]),

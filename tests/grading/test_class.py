@@ -16,7 +16,13 @@ import pytest
 import helpers
 from ftlib.grading.grade import grade_assignment
 
-IDS = ["ref", "ada", "bob", "cy"]
+IDS = [
+    "ref",
+    "syntax_error_one_exercise",
+    "ada.lovelace+ml-2026@students.example-university.edu",
+    "lms_" + "0123456789abcdef-" * 5 + "x" * 11,  # 100 characters
+    "zoë.núñez-åström_李小龍@universität.de",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +47,17 @@ def _state(root: str) -> dict:
         return json.load(f)
 
 
+def test_100_characters_is_a_real_id():
+    assert len(IDS[3]) == 100
+
+
+@pytest.mark.parametrize("student", IDS)
+def test_every_id_grades_as_a_short_one(klass, student):
+    root, rows = klass
+    assert (rows[student]["status"], rows[student]["total"], rows[student]["message"]) == ("ok", 6, "")
+    assert os.path.isfile(os.path.join(root, "feedback", student, helpers.ASSIGNMENT, f"{helpers.ASSIGNMENT}.html"))
+
+
 def test_grading_one_student_keeps_the_others(klass):
     root, _ = klass
     before_csv, before_state = _csv(root), _state(root)
@@ -58,3 +75,15 @@ def test_grading_one_student_keeps_the_others(klass):
                      memory=800 * 2**20, log=lines.append)
     assert any(f"Grading {len(IDS) - len(before_state)} submission(s)" in line for line in lines), lines
     assert _csv(root) == before_csv
+
+
+def test_kernel_sockets_fit_under_a_long_temporary_directory(tmp_path):
+    from ftlib.grading.autograde import _SOCKET_NAME, _SOCKET_PATH_BYTES, runtime_dir
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    rt = runtime_dir(str(deep))
+    try:
+        assert len(os.fsencode(os.path.join(rt, _SOCKET_NAME))) <= _SOCKET_PATH_BYTES
+    finally:
+        os.rmdir(rt)
