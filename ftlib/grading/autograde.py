@@ -12,9 +12,9 @@ touches the real gradebook: the parent does that.
 
 Two nbgrader preprocessors are replaced by subclasses:
 
-- `GradingExecute` starts the kernel through `sandbox.wrap` (no network, answers hidden,
-  and a working directory that holds the support files but not the notebook, whose grade
-  cells hold the hidden tests), keeps at most ``max_output_bytes`` of output per cell while
+- `GradingExecute` starts the kernel through `sandbox.wrap` (an allow-list: no network,
+  no home, no course folder, and a working directory that holds the support files but
+  not the notebook, whose grade cells hold the hidden tests), keeps at most ``max_output_bytes`` of output per cell while
   it runs, undoes monkeypatching (`guard.restore`) before each grade cell, and turns a
   dead kernel into error outputs for the remaining cells instead of aborting.
 - `LenientSaveAutoGrades` scores like nbgrader but ignores output on stderr: a warning
@@ -115,9 +115,10 @@ class SandboxKernelManager(AsyncKernelManager):
         runtime = os.path.dirname(os.path.realpath(self.connection_file))
         # In its own pid namespace the kernel's parent is pid 1, which ipykernel reads as "my
         # parent died" unless told that 1 is expected; --die-with-parent covers a dead worker.
-        env = {"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "MPLCONFIGDIR": "/tmp/.matplotlib"}
-        wrapped = sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime, (home, cwd)], cwd=cwd, env=env)
-        return wrapped
+        env = sandbox.kernel_env(os.environ, JPY_PARENT_PID="1", IPYTHONDIR="/tmp/.ipython",
+                                 MPLCONFIGDIR="/tmp/.matplotlib")
+        return sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime, (home, cwd)], cwd=cwd, env=env,
+                            scratch=os.path.dirname(home))
 
 
 class GradingExecute(Execute):

@@ -1,11 +1,16 @@
-"""Wrap a learner's kernel in a bubblewrap sandbox: no network, no view of the answers.
+"""Wrap a learner's kernel in a bubblewrap sandbox that shows only what a kernel needs.
 
-`ftlib grade` starts each learner kernel through `wrap`. Inside, the whole file system
-is read-only, ``/tmp`` and the temporary directory are empty, the instructor's paths
-(solutions, submissions, gradebook, ``.git``) are hidden behind empty mounts, there is
-no network (own network namespace), the process sees only its own processes, and all
-capabilities are dropped, so even root cannot unmount the hiding mounts.
-Only the kernel's working directory and its Jupyter runtime directory are writable.
+`ftlib grade` starts each learner kernel through `wrap`. The sandbox is an allow-list:
+its file system holds only, read-only, the system's programs and libraries (``/usr``
+and the ``/bin``, ``/lib`` links), the Python interpreter and environment, ftlib's own
+package, the data sets' files, and a minimal ``/etc`` (a ``passwd`` naming the sandbox
+user, ``hosts``, the dynamic linker's cache); writable are only the submission's
+working copy and the kernel's runtime folder, and ``/tmp`` is empty. No home directory,
+no ``/etc/shadow``, no course folder, no other submission exists in there. The kernel
+runs as an unprivileged user (uid 1000 in its own user namespace) with every capability
+dropped, in its own network namespace (no network) and pid namespace, with only the
+environment variables it needs (`kernel_env`): API tokens in the grader's environment
+stay outside.
 
 If ``bwrap`` is missing or cannot create namespaces here, `available` says why and the
 grader degrades to timeouts and memory limits with a loud warning.
@@ -14,33 +19,49 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
-import sys
 import subprocess
+import sys
 import tempfile
 
-__all__ = ["available", "wrap"]
+__all__ = ["available", "wrap", "kernel_env", "allowed_paths", "UID"]
+
+UID = 1000  # the learner inside; mapped to the grader's own uid outside
+_ETC_FILES = {
+    "passwd": f"learner:x:{UID}:{UID}:learner:/tmp:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": f"learner:x:{UID}:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1 localhost\n::1 localhost\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+}
+# Read from the host's /etc: nothing secret, and programs misbehave without them.
+_ETC_FROM_HOST = ("ld.so.cache", "ld.so.conf", "localtime", "alternatives", "mime.types")
+# The environment a kernel gets: names, or prefixes ending in "_" or "*".
+_ENV_ALLOWED = ("PATH", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "LANG", "LANGUAGE", "LC_*",
+                "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TQDM_*", "MPLBACKEND",
+                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "NBGRADER_*",
+                "FTLIB_FASHION_MNIST_DIR", "FTLIB_PROGRESS")
 
 
 @functools.lru_cache(maxsize=1)
 def available() -> tuple[bool, str]:
     """Return ``(True, "")`` if bubblewrap really works here, else ``(False, reason)``.
 
-    Runs the same kind of command `wrap` builds (``true`` with no network and a hidden
-    directory), because an installed ``bwrap`` can still fail in containers that forbid
-    user or network namespaces.
+    Runs the same kind of command `wrap` builds (this interpreter, as the sandbox user,
+    with no network), because an installed ``bwrap`` can still fail in containers that
+    forbid user or network namespaces.
     """
     exe = shutil.which("bwrap")
     if exe is None:
         return False, "bubblewrap is not installed (Debian/Ubuntu: apt-get install -y bubblewrap)"
     with tempfile.TemporaryDirectory() as d:
-        cmd = wrap(["true"], hide=[d], writable=[])
+        cmd = wrap([sys.executable, "-c", f"import os; assert os.getuid() == {UID}"], writable=[], scratch=d)
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             return False, f"bwrap could not run: {e}"
     if r.returncode != 0:
-        return False, f"bwrap cannot create a sandbox here: {r.stderr.strip() or r.returncode}"
+        return False, f"bwrap cannot create a sandbox here: {r.stderr.strip()[-300:] or r.returncode}"
     return True, ""
 
 
@@ -49,16 +70,64 @@ def _inside(path: str, roots) -> bool:
     return any(os.path.commonpath([path, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
 
 
-def _runtime_paths() -> list[str]:
-    """What a kernel needs to start: the environment, the base interpreter, ftlib's tree."""
+def _ftlib_cache(environ) -> str:
+    # As `ftlib.models.cache_dir`, which this module does not import (it imports torch).
+    if environ.get("FTLIB_CACHE"):
+        return os.path.expanduser(environ["FTLIB_CACHE"])
+    xdg = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "ftlib")
+
+
+def _data_paths(environ) -> list[str]:
+    # Fashion-MNIST's Debian package, and ftlib's cache of converted weights.
+    return [environ.get("FTLIB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"), _ftlib_cache(environ)]
+
+
+def allowed_paths(environ=None) -> list[str]:
+    """The host directories the sandbox shows, read-only, besides ``/usr`` and ``/etc``.
+
+    The environment and base interpreter (``sys.prefix``, ``sys.base_prefix``), ftlib's
+    package folder (not the repository around it, which holds the solutions) and the
+    data sets' folders; only those that exist.
+    """
     import ftlib
 
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(ftlib.__file__)))
-    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, package_root)}
-    return sorted(p for p in paths if os.path.isdir(p))
+    environ = os.environ if environ is None else environ
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.abspath(ftlib.__file__)), *_data_paths(environ)]
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if os.path.isdir(real) and real not in out and not _inside(real, ["/usr"]):
+            out.append(real)
+    return sorted(out)
 
 
-def wrap(cmd: list[str], *, hide: list[str], writable: list, cwd: str | None = None,
+def kernel_env(environ, **extra: str) -> dict[str, str]:
+    """The variables of ``environ`` a kernel may see (`_ENV_ALLOWED`), plus ``extra``."""
+    def allowed(name: str) -> bool:
+        return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in _ENV_ALLOWED)
+
+    env = {k: v for k, v in environ.items() if allowed(k)}
+    env.update(HOME="/tmp", USER="learner", LOGNAME="learner")
+    # The grader's cache of converted weights is shown read-only (`allowed_paths`); without
+    # one, a kernel converts into its own empty /tmp.
+    cache = os.path.realpath(_ftlib_cache(environ))
+    env["FTLIB_CACHE"] = cache if os.path.isdir(cache) else "/tmp/.cache/ftlib"
+    env.update(extra)
+    return env
+
+
+def _write_etc(scratch: str) -> str:
+    etc = os.path.join(scratch, "etc")
+    os.makedirs(etc, exist_ok=True)
+    for name, text in _ETC_FILES.items():
+        with open(os.path.join(etc, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    return etc
+
+
+def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), cwd: str | None = None,
          env: dict[str, str] | None = None) -> list[str]:
     """Return ``cmd`` prefixed with a bubblewrap invocation.
 
@@ -66,37 +135,50 @@ def wrap(cmd: list[str], *, hide: list[str], writable: list, cwd: str | None = N
     ----------
     cmd : list of str
         The command to run inside, e.g. a kernel's argv.
-    hide : list of str
-        Directories or files that must look empty (an empty tmpfs or ``/dev/null``).
-        Paths that do not exist are skipped.
     writable : list of str or (str, str)
-        Directories bound read-write, at the same path or as ``(source, destination)``;
-        mounted after the hiding, so they may lie inside a hidden directory.
+        Directories bound read-write, at the same path or as ``(source, destination)``.
+    scratch : str
+        A private directory of the caller's where the sandbox's ``/etc`` files are written.
+    hide : list of str
+        Instructor paths that must look empty even if an allowed path contains them
+        (an empty tmpfs or ``/dev/null``); a writable directory may not contain one.
     cwd : str, optional
         Working directory inside the sandbox.
     env : dict, optional
-        Environment variables to set inside.
+        The whole environment inside (see `kernel_env`); nothing else is inherited.
     """
     args = [
         shutil.which("bwrap") or "bwrap",
-        "--unshare-all",  # network, pid, ipc, uts, cgroup (and user where allowed)
+        "--unshare-all",  # network, pid, ipc, uts, cgroup
+        "--unshare-user", "--uid", str(UID), "--gid", str(UID),
         "--die-with-parent",
         "--cap-drop", "ALL",
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-        "--tmpfs", "/tmp",
+        "--clearenv",
+        "--ro-bind", "/usr", "/usr",
     ]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in allowed_paths():
+        args += ["--ro-bind", path, path]
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # PyTorch's cpuinfo reads the CPU topology; without it, it prints errors in every cell.
+    args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+    etc = _write_etc(scratch)
+    for name in _ETC_FILES:
+        args += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
+    for name in _ETC_FROM_HOST:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     tmp = tempfile.gettempdir()
     if os.path.realpath(tmp) != "/tmp":
         args += ["--tmpfs", tmp]
-    # The interpreter, its packages and ftlib itself may live under the temporary
-    # directory (a CI clone in /tmp): put them back read-only, before hiding the
-    # instructor's paths, so hidden paths inside them stay hidden.
-    for path in _runtime_paths():
-        if _inside(path, ("/tmp", tmp)):
-            args += ["--ro-bind", path, path]
-    for path in hide:
+    # Instructor paths matter only where an allowed folder holds them: elsewhere they are
+    # absent already, and an empty mount would show their names.
+    shown = ["/usr", *allowed_paths()]
+    for path in (p for p in hide if _inside(p, shown)):
         if os.path.isdir(path):
             args += ["--tmpfs", path]
         elif os.path.exists(path):
@@ -112,5 +194,7 @@ def wrap(cmd: list[str], *, hide: list[str], writable: list, cwd: str | None = N
     if cwd:
         args += ["--chdir", cwd]
     for key, value in (env or {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            continue  # bwrap would refuse it; such a name is no variable a kernel reads
         args += ["--setenv", key, value]
     return args + ["--"] + list(cmd)

@@ -111,14 +111,15 @@ def test_sandbox_hides_paths_and_network(tmp_path):
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "answer.txt").write_text("42")
-    code = ("import os, socket\nprint(os.listdir(%r))\n"
+    code = ("import os, socket\nprint(os.path.exists(%r))\n"
             "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\n    print('net')\n"
             "except OSError:\n    print('nonet')" % str(secret))
-    out = subprocess.run(sandbox.wrap([sys.executable, "-c", code], hide=[str(secret)], writable=[]),
+    out = subprocess.run(sandbox.wrap([sys.executable, "-c", code], hide=[str(secret)], writable=[],
+                                      scratch=str(tmp_path)),
                          capture_output=True, text=True).stdout.split()
-    assert out == ["[]", "nonet"]
+    assert out == ["False", "nonet"]
     with pytest.raises(ValueError, match="expose"):
-        sandbox.wrap(["true"], hide=[str(secret)], writable=[str(tmp_path)])
+        sandbox.wrap(["true"], hide=[str(secret)], writable=[str(tmp_path)], scratch=str(tmp_path))
 
 
 def test_each_kernel_gets_its_share_of_the_cores():
