@@ -12,6 +12,9 @@ from ftlib.freezing import set_frozen_batchnorm_eval as reference_set_frozen_bat
 
 __all__ = ["check_replace_head", "check_freeze_backbone", "check_freeze_up_to", "check_set_frozen_batchnorm_eval"]
 
+# Imported once by `ftlib check` before its grade cells fork (see grading._runner).
+PRELOAD = ("transformers.models.bert.modeling_bert",)
+
 
 class _LiteLike(nn.Module):
     """EfficientNet-Lite names its head ``_fc``; 1280 features in the real one, 20 here."""

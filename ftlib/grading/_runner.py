@@ -11,6 +11,7 @@ output on stderr is never a failure, only exceptions are.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -46,17 +47,18 @@ def _run_grade_cell(cell: dict, ns: dict, timeout: float, out) -> None:
     pid = os.fork()
     if pid == 0:  # child: never return into the parent's loop
         os.close(read_fd)
-        result = {"status": "pass", "message": ""}
+        restored: list[str] = []
         try:
             restored = guard.restore()
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(1)  # OpenMP pools do not survive fork
             exec(compile(cell["source"], f"<grade cell {cell['grade_id']}>", "exec"), dict(ns))
+            result = {"status": "pass", "message": ""}
             if restored:
                 result["message"] = "note: undid changes to " + ", ".join(restored)
-            result["restored"] = restored
         except BaseException as e:  # SystemExit and KeyboardInterrupt are failures too
             result = {"status": "fail", "message": _describe(e), "traceback": traceback.format_exc()}
+        result["restored"] = restored
         try:
             os.write(write_fd, json.dumps(result).encode())
         finally:
@@ -87,6 +89,27 @@ def _run_grade_cell(cell: dict, ns: dict, timeout: float, out) -> None:
           seconds=round(time.monotonic() - start, 3), **status)
 
 
+def _modules_to_watch(watched: list[str], maybe: list[str]) -> list[str]:
+    """``watched``, the names in ``maybe`` that are modules, and the checks' ``PRELOAD``.
+
+    Importing them here, before any learner code, puts them under the guard. Every grade
+    cell runs in a fresh fork, so a library that a check imports only when it runs
+    (transformers, for a tiny BERT) would otherwise be imported again in every cell:
+    ~3 s each. A check module names such libraries in ``PRELOAD``.
+    """
+    modules = list(watched)
+    for name in maybe:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # `from pkg import function`: not a module
+            continue
+        modules.append(name)
+    for name in list(modules):
+        mod = sys.modules.get(name)
+        modules += list(getattr(mod, "PRELOAD", ())) if mod is not None else []
+    return list(dict.fromkeys(modules))
+
+
 class LoadTimeout(Exception):
     """Running one setup or solution cell took longer than the time limit."""
 
@@ -104,7 +127,7 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, spec["cwd"])
     sys.path[1:1] = spec.get("path", [])
     with open(results_path, "a", encoding="utf-8") as out:
-        failed = guard.install(spec["watched"])
+        failed = guard.install(_modules_to_watch(spec["watched"], spec.get("maybe_modules", [])))
         _emit(out, event="guard", not_importable=failed)
         ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         signal.signal(signal.SIGALRM, _on_alarm)

@@ -200,12 +200,16 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
     learner_cells = sorted(setup_cells(nb) + solution_cells(nb), key=lambda c: c.index)
     load = [{"kind": "course setup", "label": c.index, "source": c.source} for c in load_setup]
     load += [{"kind": c.kind, "label": c.grade_id or c.index, "source": c.source} for c in learner_cells]
-    watched = guard.watched_for(imported_modules([c.source for c in load_setup + graded + hidden]))
+    checking = [c.source for c in load_setup + graded + hidden]
+    watched = guard.watched_for(imported_modules(checking))
+    # `from ftlib.checks import modify_model`: the submodule must be watched (and loaded
+    # once, before the forks) too; the runner keeps the names that are modules.
+    maybe = [m for m in imported_modules(checking, from_names=True) if m not in watched]
     cwd = os.path.dirname(os.path.abspath(path))
     # Support files (the checks module, data) lie beside the released notebook.
     extra = [os.path.dirname(os.path.abspath(where))] if os.path.isfile(where) else []
     spec = {"load": load, "grade": [c._asdict() for c in graded], "timeout": timeout,
-            "watched": watched, "cwd": cwd, "path": extra}
+            "watched": watched, "maybe_modules": maybe, "cwd": cwd, "path": extra}
     with tempfile.TemporaryDirectory(prefix="ftlib-check-") as tmp:
         spec_path, results_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "results.jsonl")
         with open(spec_path, "w", encoding="utf-8") as f:

@@ -191,10 +191,13 @@ def setup_cells(nb: dict[str, Any]) -> list[Cell]:
     return out
 
 
-def imported_modules(sources: list[str]) -> list[str]:
+def imported_modules(sources: list[str], *, from_names: bool = False) -> list[str]:
     """Return the absolute module names imported by ``sources``, in first-seen order.
 
-    Sources that do not parse are skipped. Relative imports are ignored.
+    Sources that do not parse are skipped. Relative imports are ignored. With
+    ``from_names``, ``from pkg import name`` also gives ``pkg.name``, which may be a
+    submodule (``from ftlib.checks import modify_model``) or may not (a function): only
+    importing it tells.
     """
     seen: dict[str, None] = {}
     for src in sources:
@@ -208,6 +211,10 @@ def imported_modules(sources: list[str]) -> list[str]:
                     seen.setdefault(alias.name, None)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 seen.setdefault(node.module, None)
+                if from_names:
+                    for alias in node.names:
+                        if alias.name != "*":
+                            seen.setdefault(f"{node.module}.{alias.name}", None)
     return list(seen)
 
 
