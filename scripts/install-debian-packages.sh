@@ -18,7 +18,15 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/de
     SUDO="sudo"
 fi
 if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $need && exit 0
+    echo "Installing Debian packages:$need"
+    log=$(mktemp)
+    if $SUDO apt-get update -qq >"$log" 2>&1 &&
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >>"$log" 2>&1; then
+        rm -f "$log"
+        exit 0
+    fi
+    tail -n 20 "$log" >&2
+    rm -f "$log"
 fi
 echo "NOTE: could not install the Debian package(s):$need" >&2
 echo "      On Debian/Ubuntu run: sudo apt-get install$need" >&2
