@@ -1,0 +1,38 @@
+"""`make bench` runs bench/run_all.py: every benchmark it names must exist and be runnable."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import run_all  # noqa: E402
+
+
+def test_make_bench_runs_an_existing_script():
+    target = re.search(r"^bench:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    scripts = re.findall(r"(\S+\.py)", target)
+    assert scripts and all((ROOT / s).is_file() for s in scripts), target
+
+
+def test_every_benchmark_script_exists():
+    for bench in run_all.BENCHES:
+        script = next(part for part in bench.command if part.endswith((".py", ".sh")))
+        assert (ROOT / script).is_file(), f"{bench.name}: {script} does not exist"
+        assert bench.minutes > 0 and bench.figures
+
+
+def test_list_prints_the_plan_and_the_estimate_and_runs_nothing():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--list"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    total = sum(b.minutes for b in run_all.BENCHES)
+    assert f"about {total:.0f} min" in out.splitlines()[0]
+    for bench in run_all.BENCHES:
+        assert bench.name in out and run_all._shown(bench) in out
+
+
+def test_unknown_benchmark_is_a_usage_error():
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "nope"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "unknown benchmark(s) nope" in r.stderr
