@@ -432,7 +432,8 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
             with open(os.path.join(out_dir, "autograded", f"{name}.ipynb"), "w", encoding="utf-8") as f:
                 json.dump(nb, f, indent=1)
             page = render_feedback(nb, nbres["grades"], student=student, assignment=assignment, notebook=name,
-                                   status=nbres["status"], include_hidden=spec["include_hidden"])
+                                   status=nbres["status"], include_hidden=spec["include_hidden"],
+                                   hidden_delimiters=tuple(spec.get("hidden_delimiters") or ()) or None)
             with open(os.path.join(out_dir, "feedback", f"{name}.html"), "w", encoding="utf-8") as f:
                 f.write(page)
         with open(os.path.join(out_dir, "result.json"), "w", encoding="utf-8") as f:

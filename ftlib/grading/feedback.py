@@ -4,6 +4,8 @@ Unlike nbgrader's feedback, which renders the autograded notebook with the hidde
 put back, this page removes every hidden-test region and, for a grade cell that had
 hidden tests, shows only the final ``ExceptionName: message`` line of an error, because
 an IPython traceback quotes the failing source line. ``include_hidden=True`` keeps them.
+The regions are found by nbgrader's own `ClearHiddenTests`, with the course's
+delimiters (`hidden_delimiters`), so feedback hides exactly what the release hid.
 Self-contained HTML, no template engine, everything escaped.
 """
 from __future__ import annotations
@@ -12,9 +14,7 @@ import html
 import re
 from typing import Any
 
-from ftlib.grading.notebook import HIDDEN_BEGIN, strip_hidden_tests
-
-__all__ = ["render_feedback", "error_summary"]
+__all__ = ["render_feedback", "error_summary", "hidden_delimiters", "clear_hidden_tests"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _MAX_CHARS = 5000
@@ -37,6 +37,36 @@ def error_summary(outputs: list[dict[str, Any]]) -> str:
     return ""
 
 
+def hidden_delimiters(config=None) -> tuple[str, str]:
+    """The (begin, end) hidden-test delimiters of nbgrader's `ClearHiddenTests` under ``config``."""
+    from nbgrader.preprocessors import ClearHiddenTests
+
+    pre = ClearHiddenTests(config=config) if config is not None else ClearHiddenTests()
+    return pre.begin_test_delimeter, pre.end_test_delimeter
+
+
+def clear_hidden_tests(source: str, delimiters: tuple[str, str] | None = None) -> tuple[str, bool]:
+    """Return ``source`` without its hidden-test regions, and whether it had any.
+
+    nbgrader's `ClearHiddenTests` does the work. A region it refuses (nested, or with no
+    end) is removed from its first line to the end of the cell: never shown.
+    """
+    from nbformat.v4 import new_code_cell
+    from nbgrader.preprocessors import ClearHiddenTests
+
+    begin, end = delimiters or hidden_delimiters()
+    if begin not in source:
+        return source, False
+    pre = ClearHiddenTests(begin_test_delimeter=begin, end_test_delimeter=end, enforce_metadata=False)
+    try:
+        cell, _ = pre.preprocess_cell(new_code_cell(source), {}, 0)
+        return cell.source, True
+    except RuntimeError:
+        lines = source.split("\n")
+        first = next(i for i, line in enumerate(lines) if begin in line)
+        return "\n".join(lines[:first]), True
+
+
 def _text(out: dict[str, Any]) -> str:
     if out.get("output_type") == "stream":
         text = out.get("text", "")
@@ -49,7 +79,8 @@ def _text(out: dict[str, Any]) -> str:
 
 
 def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student: str, assignment: str,
-                    notebook: str, status: str, include_hidden: bool = False) -> str:
+                    notebook: str, status: str, include_hidden: bool = False,
+                    hidden_delimiters: tuple[str, str] | None = None) -> str:
     """Render the feedback page of one graded notebook.
 
     Parameters
@@ -62,6 +93,8 @@ def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student
         Shown in the header.
     include_hidden : bool
         Show hidden tests and full tracebacks (for the instructor).
+    hidden_delimiters : (str, str), optional
+        The course's ``ClearHiddenTests`` begin and end delimiters (default: nbgrader's).
 
     Returns
     -------
@@ -94,9 +127,9 @@ def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student
         meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
         source = cell.get("source", "")
         source = "".join(source) if isinstance(source, list) else source
-        had_hidden = HIDDEN_BEGIN in source
+        stripped, had_hidden = clear_hidden_tests(source, hidden_delimiters)
         if had_hidden and not include_hidden:
-            source = strip_hidden_tests(source) + "# (hidden tests)\n"
+            source = stripped.rstrip("\n") + "\n# (hidden tests)\n"
         anchor = f" id='{esc(meta['grade_id'])}'" if meta.get("grade_id") else ""
         parts.append(f"<pre{anchor}>{esc(source)}</pre>")
         for out in cell.get("outputs", []):

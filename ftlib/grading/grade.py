@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from ftlib.grading import guard, sandbox
+from ftlib.grading.feedback import hidden_delimiters
 from ftlib.grading.limits import parse_memory, watch
 from ftlib.grading.notebook import imported_modules, setup_cells
 
@@ -389,6 +390,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         template = os.path.join(work, "template.db")
         info = _build_template(coursedir.db_url, coursedir.course_id, assignment, template)
         watched = _watched(course_dir, coursedir, assignment, info)
+        delimiters = list(hidden_delimiters(cfg))  # the course's, as nbgrader hid them at release
         options = json.dumps([cell_timeout, memory, include_hidden, max_output_bytes, _STATE_VERSION])
         state = {}
         if os.path.exists(state_path):
@@ -435,7 +437,8 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                     "template_db": template, "support_dir": source_dir, "notebooks": sorted(info["notebooks"]),
                     "cell_timeout": cell_timeout, "max_output_bytes": max_output_bytes,
                     "watched_modules": watched, "sandbox": sandboxed, "hide": hide,
-                    "include_hidden": include_hidden, "output_dir": out_dir, "tmp_root": out_dir}
+                    "include_hidden": include_hidden, "hidden_delimiters": delimiters,
+                    "output_dir": out_dir, "tmp_root": out_dir}
             jobs.append({"student": student, "spec": spec, "timeout": timeout, "memory": memory, "env": env,
                          "hash": digest, "sub": sub})
         skipped = len(everyone) - len(jobs) - sum(1 for r in rows.values() if r["status"] == "missing")

@@ -28,11 +28,7 @@ __all__ = [
     "imported_modules",
     "duplicate_grade_ids",
     "duplicate_cell_ids",
-    "strip_hidden_tests",
 ]
-
-HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
-HIDDEN_END = "### END HIDDEN TESTS"
 
 
 class NotebookError(ValueError):
@@ -236,22 +232,3 @@ def duplicate_cell_ids(nb: dict[str, Any]) -> list[str]:
         if isinstance(cid, str):
             counts[cid] = counts.get(cid, 0) + 1
     return [c for c, n in counts.items() if n > 1]
-
-
-def strip_hidden_tests(source: str) -> str:
-    """Remove every ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` region.
-
-    An unterminated region is removed up to the end of the cell, so a malformed
-    marker can never leak the tests.
-    """
-    out, hidden = [], False
-    for line in source.splitlines(keepends=True):
-        if HIDDEN_BEGIN in line:
-            hidden = True
-            continue
-        if HIDDEN_END in line:
-            hidden = False
-            continue
-        if not hidden:
-            out.append(line)
-    return "".join(out)

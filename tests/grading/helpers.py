@@ -36,15 +36,25 @@ def venv_on_path():
         os.environ["PATH"] = old
 
 
-def make_course(root: str) -> str:
-    """Create the course at ``root`` and release ps1; return the released notebook's path."""
+def make_course(root: str, config: str = "", edit=None) -> str:
+    """Create the course at ``root`` and release ps1; return the released notebook's path.
+
+    ``config`` is appended to the course's ``nbgrader_config.py``; ``edit(source_nb)``
+    may change the source notebook (a dict) before the release.
+    """
     from nbgrader.converters import GenerateAssignment
 
     from ftlib.grading.grade import _load_coursedir
 
     shutil.copytree(os.path.join(FIXTURES, ASSIGNMENT), os.path.join(root, "solutions", ASSIGNMENT))
+    if edit is not None:
+        path = os.path.join(root, "solutions", ASSIGNMENT, f"{ASSIGNMENT}.ipynb")
+        nb = load(path)
+        edit(nb)
+        with open(path, "w") as f:
+            json.dump(nb, f)
     with open(os.path.join(root, "nbgrader_config.py"), "w") as f:
-        f.write(CONFIG)
+        f.write(CONFIG + config)
     coursedir, cfg = _load_coursedir(root)
     coursedir.assignment_id = ASSIGNMENT
     with venv_on_path():

@@ -11,7 +11,7 @@ from ftlib.grading import guard, sandbox
 from ftlib.grading.limits import parse_memory, run_limited
 from ftlib.grading.notebook import (
     NotebookError, duplicate_cell_ids, duplicate_grade_ids, grade_cells, imported_modules,
-    is_setup_source, read_notebook, setup_cells, solution_cells, strip_hidden_tests)
+    is_setup_source, read_notebook, setup_cells, solution_cells)
 
 import helpers
 
@@ -60,11 +60,6 @@ def test_missing_metadata_and_duplicates(tmp_path):
     nb = read_notebook(path)
     assert [c.points for c in grade_cells(nb)] == [0.0, 0.0]
     assert duplicate_grade_ids(nb) == ["t"] and duplicate_cell_ids(nb) == ["a"]
-
-
-def test_strip_hidden_tests_even_unterminated():
-    src = "a\n### BEGIN HIDDEN TESTS\nsecret\n### END HIDDEN TESTS\nb\n### BEGIN HIDDEN TESTS\nmore"
-    assert strip_hidden_tests(src) == "a\nb\n"
 
 
 def test_guard_restores_torch_numpy_and_checks():
