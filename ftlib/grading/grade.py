@@ -13,8 +13,9 @@ batch.
 Outputs: the gradebook (auto scores and comments), ``autograded/<student>/<assignment>/``
 (the graded notebooks, for formgrader), ``feedback/<student>/<assignment>/<nb>.html``
 (without hidden tests unless ``--include-hidden``) and a CSV with one row per student.
-Submissions whose files, source and options are unchanged since the last run are not
-graded again unless ``--force``.
+Submissions are not graded again (unless ``--force``) when nothing that decides their
+grade changed since the last run: their files, the assignment in the gradebook, the
+source folder (notebook, hidden tests, checks module), ftlib's code and the options.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ __all__ = ["grade_main", "grade_assignment", "STATUSES"]
 
 STATUSES = ("ok", "timeout", "memory", "crashed", "invalid notebook", "missing")
 _SEVERITY = {s: i for i, s in enumerate(("ok", "missing", "invalid notebook", "timeout", "crashed", "memory"))}
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 def _load_coursedir(course_dir: str):
@@ -135,11 +136,19 @@ def _copy_assignment(gb, tpl, assignment: str, db_url: str) -> dict[str, Any]:
     return info
 
 
+_NOT_CONTENT = ("__pycache__", ".ipynb_checkpoints", ".git")
+# ftlib's package: the checks and the reference implementations they compare against.
+_CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _hash_dir(path: str) -> str:
+    """A digest of the names and contents of the files under ``path`` (none: the empty digest)."""
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d not in _NOT_CONTENT)
         for name in sorted(filenames):
+            if name.endswith(".pyc"):
+                continue
             full = os.path.join(dirpath, name)
             h.update(os.path.relpath(full, path).encode() + b"\0")
             if os.path.islink(full):
@@ -391,7 +400,11 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         info = _build_template(coursedir.db_url, coursedir.course_id, assignment, template)
         watched = _watched(course_dir, coursedir, assignment, info)
         delimiters = list(hidden_delimiters(cfg))  # the course's, as nbgrader hid them at release
-        options = json.dumps([cell_timeout, memory, include_hidden, max_output_bytes, _STATE_VERSION])
+        # Besides the submission, a grade depends on these: the assignment in the gradebook
+        # (grade cells, points, hidden tests), the source folder (notebook, checks module,
+        # data), ftlib's code and the options.
+        options = json.dumps([cell_timeout, memory, include_hidden, max_output_bytes, delimiters, _STATE_VERSION,
+                              info["fingerprint"], _hash_dir(source_dir), _hash_dir(_CODE_ROOT)])
         state = {}
         if os.path.exists(state_path):
             try:
@@ -425,7 +438,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                 hint = f"; found {', '.join(present_nbs)} instead (misnamed?)" if present_nbs else ""
                 rows[student] = _row(student, assignment, info, None, "missing", f"no expected notebook{hint}")
                 continue
-            digest = hashlib.sha256(f"{_hash_dir(sub)}{info['fingerprint']}{options}".encode()).hexdigest()
+            digest = hashlib.sha256(f"{_hash_dir(sub)}{options}".encode()).hexdigest()
             previous = state.get(student)
             if not force and previous and previous.get("hash") == digest:
                 rows[student] = previous["row"]
