@@ -55,8 +55,9 @@ from ftlib.grading import sandbox
 from ftlib.grading.feedback import error_summary, render_feedback
 from ftlib.grading.notebook import NotebookError, duplicate_cell_ids, read_notebook
 
-__all__ = ["autograde_submission", "prewarm", "GradingExecute", "LenientSaveAutoGrades", "SandboxKernelManager"]
+__all__ = ["NO_NOTEBOOK", "autograde_submission", "prewarm", "GradingExecute", "LenientSaveAutoGrades", "SandboxKernelManager"]
 
+NO_NOTEBOOK = "nbgrader produced no autograded notebook"
 # What the kernel-side hooks observed, per notebook file name: filled while nbgrader runs.
 _events: dict[str, dict[str, Any]] = {}
 _GUARD_EXPR = "__import__('ftlib.grading.guard', fromlist=['restore_report']).restore_report()"
@@ -252,7 +253,7 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
                 with open(path, encoding="utf-8") as f:
                     nb = json.load(f)
             elif status == "ok":
-                status, message = "crashed", "nbgrader produced no autograded notebook (see the worker log)"
+                status, message = "crashed", NO_NOTEBOOK
             cells = {}
             if nb is not None:
                 for cell in nb["cells"]:

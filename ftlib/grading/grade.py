@@ -26,6 +26,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -212,8 +213,17 @@ def _start_fork_server() -> None:
     forkserver.ensure_running()
 
 
+_LOG_BYTES = 1 << 20  # of a worker's log, the end is kept: learner code can write to it without end
+
+
 def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one worker under limits (called in a thread) and read back its result."""
+    """Grade one submission in a worker forked under limits; return everything it produced.
+
+    Called in a thread of the grading process, or in a Dask worker (`cluster`). The
+    returned dict holds no path into the worker's folder: ``run`` (how the worker ended),
+    ``result`` (its result.json, or None), ``files`` (the autograded notebooks and
+    feedback pages, as text) and ``log`` (the end of its log).
+    """
     out_dir = job["spec"]["output_dir"]
     spec_path = os.path.join(out_dir, "spec.json")
     with open(spec_path, "w", encoding="utf-8") as f:
@@ -229,16 +239,46 @@ def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
     if status == "exited" and os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as f:
             result = json.load(f)
-    return {"job": job, "run": run, "result": result, "log": log_path}
-
-
-def _log_tail(path: str, n: int = 3) -> str:
+    files: dict[str, dict[str, str]] = {}
+    for kind in ("autograded", "feedback"):
+        folder = os.path.join(out_dir, kind)
+        if os.path.isdir(folder):
+            files[kind] = {}
+            for name in sorted(os.listdir(folder)):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    files[kind][name] = f.read()
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = [ln.strip() for ln in f.readlines() if ln.strip()]
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - _LOG_BYTES))
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
-        return ""
+        text = ""
+    return {"student": job["student"], "hash": job["hash"], "run": run, "result": result, "files": files, "log": text}
+
+
+def _log_tail(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[-300:]
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+_KERNEL_DIED = ("Kernel died before replying to kernel_info", "Kernel didn't respond", "kernel died before")
+
+
+def underlying_error(log_text: str) -> str:
+    """The error behind a failed worker, from its log, in words; ``""`` if none is recognised.
+
+    A kernel that dies while starting is reported with the exception it printed before
+    (``the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'``);
+    otherwise the last exception line of the log.
+    """
+    lines = [ln.strip() for ln in log_text.splitlines()]
+    errors = [(i, ln) for i, ln in enumerate(lines) if _EXCEPTION_LINE.match(ln)]
+    died = next((i for i, ln in enumerate(lines) if any(k in ln for k in _KERNEL_DIED)), None)
+    if died is not None:
+        before = [ln for i, ln in errors if i < died]
+        return "the grading kernel could not start" + (f": {before[-1]}" if before else "")
+    return errors[-1][1] if errors else ""
 
 
 def _row(student: str, assignment: str, info: dict, outcome: dict[str, Any] | None,
@@ -461,47 +501,15 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         from nbgrader.api import Gradebook
 
         # One connection for the whole batch: opening nbgrader's Gradebook costs 0.15 s of CPU.
-        with Gradebook(coursedir.db_url, coursedir.course_id) as gb, \
-                cf.ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_grade_one, job) for job in jobs]
-            for future in cf.as_completed(futures):
-                done = future.result()
-                job, run, outcome = done["job"], done["run"], done["result"]
-                student = job["student"]
-                if run["status"] == "memory":
-                    status, message = "memory", f"killed: used more than {memory / 2**20:.0f} MiB"
-                elif run["status"] == "timeout":
-                    status, message = "timeout", f"killed: ran longer than {timeout:g} s"
-                elif outcome is None:
-                    status = "crashed"
-                    message = f"the grading worker failed (exit {run['returncode']}): {_log_tail(done['log'])}"
-                else:
-                    nbres = outcome["notebooks"].values()
-                    status = max((r["status"] for r in nbres), key=lambda s: _SEVERITY.get(s, 0), default="ok")
-                    message = "; ".join(f"{nb}: {r['message']}" if len(outcome["notebooks"]) > 1 else r["message"]
-                                        for nb, r in outcome["notebooks"].items() if r["message"])
-                failed = outcome is None
-                stored = True
-                try:
-                    _write_gradebook(gb, assignment, student, outcome, info, failed)
-                except Exception as e:  # a locked or broken database: keep grading, retry next run
-                    stored = False
-                    message = (f"{message}; " if message else "") + \
-                        f"NOT stored in the gradebook ({type(e).__name__}: {e}); run again to retry"
-                out_dir = job["spec"]["output_dir"]
-                for kind, root in (("autograded", autograded_root), ("feedback", feedback_root)):
-                    src = os.path.join(out_dir, kind)
-                    dst = os.path.join(root, student, assignment)
-                    if os.path.isdir(src):
-                        os.makedirs(dst, exist_ok=True)
-                        for name in os.listdir(src):
-                            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
-                row = _row(student, assignment, info, outcome, status, message)
-                rows[student] = row
-                if stored and (outcome is not None or status in ("timeout", "memory")):
-                    state[student] = {"hash": job["hash"], "row": row}  # a grader failure is retried next time
-                log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
-                    f"{'  ' + row['message'] if row['message'] else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+        with Gradebook(coursedir.db_url, coursedir.course_id) as gb:
+            recorder = _Recorder(gb, assignment=assignment, info=info, course_dir=course_dir,
+                                 roots={"autograded": autograded_root, "feedback": feedback_root},
+                                 logs_dir=os.path.join(course_dir, "grades", "logs", assignment),
+                                 timeout=timeout, memory=memory, rows=rows, state=state, log=log)
+            with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+                for future in cf.as_completed([pool.submit(_grade_one, job) for job in jobs]):
+                    recorder.record(future.result())
+            recorder.summarize()
         log(f"Graded {len(jobs)} submission(s) in {time.monotonic() - started:.1f} s.")
         _write_atomic(state_path, json.dumps(state, indent=1))
         ordered = [rows[s] for s in sorted(rows)]
@@ -511,8 +519,111 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         log(f"Wrote {csv_path}")
         return ordered
     finally:
-        if not os.environ.get("FTLIB_GRADE_KEEP"):  # keep worker logs for debugging
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # failed submissions' logs are under grades/logs/
+
+
+_KEEP_LOG = ("crashed", "timeout", "memory")
+
+
+def _no_notebook() -> str:
+    from ftlib.grading.autograde import NO_NOTEBOOK  # imported already: the batch loaded nbgrader
+
+    return NO_NOTEBOOK
+_ANNOUNCE_AFTER = 3  # submissions failing the same way before the batch says so
+
+
+class _Recorder:
+    """Store each graded submission as it arrives: only this process writes the course's files.
+
+    One per batch: it holds the gradebook session, the CSV rows and re-grade state being
+    built, and the failures seen so far, so that an error shared by many submissions (a
+    broken environment, not the learners) is named once instead of in every row.
+    """
+
+    def __init__(self, gb, *, assignment: str, info: dict, course_dir: str, roots: dict[str, str],
+                 logs_dir: str, timeout: float, memory: int | None, rows: dict, state: dict, log) -> None:
+        self.gb, self.assignment, self.info, self.course_dir = gb, assignment, info, course_dir
+        self.roots, self.logs_dir, self.timeout, self.memory = roots, logs_dir, timeout, memory
+        self.rows, self.state, self.log = rows, state, log
+        self.failures: dict[str, list[str]] = {}
+        self.announced: set[str] = set()
+
+    def record(self, done: dict[str, Any]) -> None:
+        student, run, outcome = done["student"], done["run"], done["result"]
+        assignment = self.assignment
+        cause, grader_failed = "", outcome is None and run["status"] == "exited"
+        if run["status"] == "memory":
+            status, message = "memory", f"killed: used more than {self.memory / 2**20:.0f} MiB"
+        elif run["status"] == "timeout":
+            status, message = "timeout", f"killed: ran longer than {self.timeout:g} s"
+        elif outcome is None:
+            status, cause = "crashed", underlying_error(done["log"])
+            message = f"the grading worker failed (exit {run['returncode']}): {cause or _log_tail(done['log'])}"
+        else:
+            nbres = outcome["notebooks"].values()
+            status = max((r["status"] for r in nbres), key=lambda s: _SEVERITY.get(s, 0), default="ok")
+            grader_failed = any(r["message"] == _no_notebook() for r in nbres)
+            if grader_failed:
+                cause = underlying_error(done["log"])
+            message = "; ".join(
+                f"{nb}: {self._explained(r['message'], cause)}" if len(outcome["notebooks"]) > 1
+                else self._explained(r["message"], cause)
+                for nb, r in outcome["notebooks"].items() if r["message"])
+        log_path = os.path.join(self.logs_dir, f"{student}.log")
+        if status in _KEEP_LOG:
+            os.makedirs(self.logs_dir, exist_ok=True)
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.write(done["log"])
+            message += f"; log: {os.path.relpath(log_path, self.course_dir)}"
+        elif os.path.exists(log_path):
+            os.remove(log_path)  # the log of an earlier failure, now graded
+        failed = outcome is None
+        stored = True
+        try:
+            _write_gradebook(self.gb, assignment, student, outcome, self.info, failed)
+        except Exception as e:  # a locked or broken database: keep grading, retry next run
+            stored = False
+            message = (f"{message}; " if message else "") + \
+                f"NOT stored in the gradebook ({type(e).__name__}: {e}); run again to retry"
+        for kind, files in done["files"].items():
+            dst = os.path.join(self.roots[kind], student, assignment)
+            os.makedirs(dst, exist_ok=True)
+            for name, text in files.items():
+                with open(os.path.join(dst, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+        row = _row(student, assignment, self.info, outcome, status, message)
+        self.rows[student] = row
+        if stored and not grader_failed:
+            self.state[student] = {"hash": done["hash"], "row": row}  # a grader failure is retried next time
+        shown = row["message"]
+        if cause and status == "crashed":
+            self.failures.setdefault(cause, []).append(student)
+            if cause in self.announced:
+                shown = f"the same failure as above; log: {os.path.relpath(log_path, self.course_dir)}"
+            elif len(self.failures[cause]) >= _ANNOUNCE_AFTER:
+                self._announce(cause, "so far")
+        self.log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
+                 f"{'  ' + shown if shown else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+
+    @staticmethod
+    def _explained(message: str, cause: str) -> str:
+        return f"{message}: {cause}" if cause and message == _no_notebook() else message
+
+    def _announce(self, cause: str, when: str) -> None:
+        self.announced.add(cause)
+        logs = os.path.relpath(self.logs_dir, self.course_dir)
+        self.log("!" * 78)
+        self.log(f"{len(self.failures[cause])} submission(s) {when} failed the same way: {cause}")
+        self.log(f"That is the grading environment, not the learners' code; logs in {logs}{os.sep}.")
+        self.log("!" * 78)
+
+    def summarize(self) -> None:
+        """Name, once, every error that two or more submissions of the batch failed with."""
+        for cause, students in self.failures.items():
+            if len(students) >= 2 and cause not in self.announced:
+                self._announce(cause, "in all")
+            elif cause in self.announced:
+                self.log(f"{len(students)} submission(s) in all failed with: {cause}")
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -1,0 +1,65 @@
+"""When the grading itself fails, the instructor gets the log and the reason, once.
+
+A broken environment (here: a kernel that cannot import a module, as when ftlib is
+missing where the kernels run) fails every submission the same way. Each failed
+submission's worker log is kept under ``grades/logs/<assignment>/``, its row points to it,
+and the batch names the shared error once instead of leaving 20 rows to decode.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import helpers
+from ftlib.grading.grade import grade_assignment, underlying_error
+
+STUDENTS = ["ann", "ben", "cat"]
+
+
+def test_a_kernel_that_cannot_start_is_named_once_and_every_log_kept(tmp_path, monkeypatch):
+    root = str(tmp_path / "course")
+    os.makedirs(root)
+    ref = helpers.write_submission(root, "ref", helpers.make_course(root))
+    for student in STUDENTS:
+        shutil.copytree(ref, os.path.join(root, "submitted", student, helpers.ASSIGNMENT))
+    shutil.rmtree(os.path.dirname(ref))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "ipykernel_launcher.py").write_text("import a_module_the_kernel_lacks\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken))  # outside the sandbox's view, hence no sandbox here
+    lines = []
+    rows = {r["student"]: r for r in grade_assignment(
+        helpers.ASSIGNMENT, course_dir=root, workers=2, timeout=60, cell_timeout=5, use_sandbox=False,
+        log=lines.append)}
+
+    cause = "the grading kernel could not start: ModuleNotFoundError: No module named 'a_module_the_kernel_lacks'"
+    banner = [line for line in lines if "failed the same way" in line]
+    assert len(banner) == 1 and cause in banner[0], lines
+    for student in STUDENTS:
+        log = os.path.join("grades", "logs", helpers.ASSIGNMENT, f"{student}.log")
+        assert rows[student]["status"] == "crashed"
+        assert cause in rows[student]["message"] and rows[student]["message"].endswith(f"log: {log}")
+        with open(os.path.join(root, log)) as f:
+            assert "a_module_the_kernel_lacks" in f.read()
+    with open(os.path.join(root, "grades", "ps1.csv")) as f:
+        assert all(r["message"].endswith(".log") for r in csv.DictReader(f))
+
+    # Fixed environment: graded again (a grader failure is never cached), and the logs go.
+    monkeypatch.delenv("PYTHONPATH")
+    rows = {r["student"]: r for r in grade_assignment(
+        helpers.ASSIGNMENT, course_dir=root, workers=2, timeout=60, cell_timeout=5, use_sandbox=False,
+        log=lambda line: None)}
+    assert all(rows[s]["total"] == 6 for s in STUDENTS)
+    assert os.listdir(os.path.join(root, "grades", "logs", helpers.ASSIGNMENT)) == []
+
+
+def test_underlying_error_reads_a_worker_log():
+    assert underlying_error("ValueError: bad\nsomething else\n") == "ValueError: bad"
+    assert underlying_error("nothing recognisable") == ""
+    log = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
+           "ModuleNotFoundError: No module named 'ftlib'\n"
+           "2026-12-01 traitlets ERROR Error occurred while starting new kernel client for kernel k: "
+           "Kernel died before replying to kernel_info\n"
+           "RuntimeError: Kernel died before replying to kernel_info\n")
+    assert underlying_error(log) == "the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'"
