@@ -110,7 +110,7 @@ class _Lines:
         print(text, flush=True)  # where tqdm.write prints too
 
 
-def _progress(iterable, enabled: bool, **kwargs):
+def _progress(iterable, enabled: bool, *, leave: bool = False, **kwargs):
     if not enabled:
         return iterable
     if progress_style() == "lines":
@@ -127,7 +127,7 @@ def _progress(iterable, enabled: bool, **kwargs):
         warnings.simplefilter("ignore", TqdmExperimentalWarning)
         from tqdm.autonotebook import tqdm
 
-    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, leave=leave, dynamic_ncols=True, **kwargs)
 
 
 def train_one_epoch(
@@ -371,7 +371,8 @@ def fit(
     tracker = EarlyStopping(1, 0.0, "min" if monitor == "val_loss" else "max")  # best epoch only
     best_state = None
     history = History()
-    epoch_bar = _progress(range(epochs), progress, desc="epochs", unit="epoch")
+    # The epochs bar stays when done (how long the run took); each epoch's bar goes.
+    epoch_bar = _progress(range(epochs), progress, desc="epochs", unit="epoch", leave=True)
     for epoch in epoch_bar:
         start = time.perf_counter()
         if on_epoch_start is not None:

@@ -7,8 +7,8 @@
 # playwright-core with `npm ci`; no browser download), starts JupyterLab on a free
 # localhost port with the token off, on a temporary copy of the learner notebook and
 # with Binder's start script and learner extensions (binder/), then drives it with
-# learner.mjs: run all, progress bar widget, plot, wrong answer -> the check's message,
-# Validate -> failure; right answer -> Validate -> success.
+# learner.mjs: wrong answer -> the check's message, Validate -> failure; right answer ->
+# plot, Validate -> success; then a notebook that trains: the course's own progress bars.
 # Screenshots and the JupyterLab log go to tests/browser/artifacts/ (git-ignored).
 # Environment: FTLIB_VENV (default .venv), BROWSER_NOTEBOOK (assignment name, default
 # 01_choose_model), JUPYTER_START_TIMEOUT (s, default 180), CHROMIUM (default
@@ -43,10 +43,15 @@ if [ ! -f "$HERE/node_modules/playwright-core/package.json" ] \
     (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# 2. The notebook: the learner release of the first assignment, as committed.
+# 2. The notebooks: the learner release of the first assignment, as committed, and one
+#    that trains (TRAIN_NOTEBOOK, default 08_techniques) as a learner who has done its
+#    exercises has it: the release with the solution cells of solutions/.
 NB_REL="course/$ASSIGNMENT/$ASSIGNMENT.ipynb"
 [ -f "$ROOT/$NB_REL" ] || die "no $NB_REL (generate the course first: see nbgrader_config.py)"
-say "notebook: $NB_REL"
+TRAIN_ASSIGNMENT="${TRAIN_NOTEBOOK:-08_techniques}"
+TRAIN_REL="course/$TRAIN_ASSIGNMENT/$TRAIN_ASSIGNMENT.ipynb"
+[ -f "$ROOT/$TRAIN_REL" ] || die "no $TRAIN_REL"
+say "notebooks: $NB_REL, $TRAIN_REL (exercises done)"
 
 # 3. A throwaway course root: a copy of the notebook's folder, nbgrader_config.py, and a
 #    Jupyter config dir with binder/'s learner extensions (the project's .venv is untouched).
@@ -63,6 +68,20 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$WORK/root/course" "$WORK/config" "$WORK/data" "$WORK/runtime"
 cp -r "$ROOT/course/$ASSIGNMENT" "$WORK/root/course/"
+mkdir -p "$WORK/root/course/$TRAIN_ASSIGNMENT"
+"$VENV/bin/python" - "$ROOT/$TRAIN_REL" "$ROOT/solutions/$TRAIN_ASSIGNMENT/$TRAIN_ASSIGNMENT.ipynb" \
+    "$WORK/root/$TRAIN_REL" <<'EOF'
+import json, sys
+release, solution, out = sys.argv[1:]
+grade_id = lambda c: c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+answers = {grade_id(c): c["source"] for c in json.load(open(solution))["cells"]
+           if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+nb = json.load(open(release))
+for cell in nb["cells"]:
+    if grade_id(cell) in answers:
+        cell["source"] = answers[grade_id(cell)]
+json.dump(nb, open(out, "w"), indent=1)
+EOF
 [ -f "$ROOT/nbgrader_config.py" ] && cp "$ROOT/nbgrader_config.py" "$WORK/root/"
 export PATH="$VENV/bin:$PATH"
 export JUPYTER_CONFIG_DIR="$WORK/config"
@@ -86,7 +105,10 @@ bash "$ROOT/binder/learner-extensions.sh" user >"$WORK/extensions.log" 2>&1 \
 rm -rf "$ART"; mkdir -p "$ART"
 PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export JUPYTER_URL="http://127.0.0.1:$PORT"
-export NOTEBOOK_PATH="$NB_REL"
+export NOTEBOOK_PATH="$NB_REL" TRAIN_NOTEBOOK_PATH="$TRAIN_REL"
+# The course's small training budgets (what nbgrader runs under), so the training
+# notebook takes about a minute.
+export NBGRADER_EXECUTION=autograde
 export ARTIFACTS="$ART"
 say "starting JupyterLab on $JUPYTER_URL (log: $ART/jupyterlab.log)"
 (cd "$WORK/root" && exec "$ROOT/binder/start" "$VENV/bin/jupyter" lab --no-browser \
