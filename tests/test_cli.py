@@ -90,3 +90,13 @@ def test_technique_names_match_the_registry():
     from ftlib.techniques import TECHNIQUES
 
     assert TECHNIQUE_NAMES == tuple(TECHNIQUES)
+
+
+def test_python_m_ftlib_is_the_command_and_the_version_is_written_once():
+    from importlib.metadata import version
+
+    import ftlib
+
+    r = subprocess.run([sys.executable, "-m", "ftlib", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "finetune" in r.stdout and "grade" in r.stdout
+    assert version("ftlib") == ftlib.__version__
