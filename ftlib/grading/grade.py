@@ -35,7 +35,7 @@ from typing import Any
 
 from ftlib.grading import guard, sandbox
 from ftlib.grading.feedback import hidden_delimiters
-from ftlib.grading.limits import parse_memory, watch
+from ftlib.grading.limits import default_workers, parse_memory, watch
 from ftlib.grading.notebook import imported_modules, setup_cells
 
 __all__ = ["grade_main", "grade_assignment", "STATUSES"]
@@ -378,13 +378,15 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
     students : list of str, optional
         Grade only these students.
     workers : int, optional
-        Submissions graded at once (default: ``os.cpu_count()``).
+        Submissions graded at once (default: one per core this process may use, no more
+        than the available memory holds at ``memory`` each; see `limits.default_workers`).
     timeout : float
         Wall-clock seconds per submission; the worker is killed after that.
     cell_timeout : int, optional
         Seconds per cell (default: ``c.Execute.timeout`` of the course config).
     memory : int, optional
-        Bytes of RSS per submission (worker, kernel and children); None for no limit.
+        Bytes per submission (worker, kernel and children; a cgroup v2 limit where
+        possible, else summed PSS); None for no limit.
     csv_path : str, optional
         Where to write the CSV (default: ``<course>/grades/<assignment>.csv``).
     force : bool
@@ -409,7 +411,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         cell_timeout = int(cfg.Execute.get("timeout", 30) or 30)
     if cell_timeout <= 0:
         raise ValueError(f"The 'cell_timeout' must be a positive number of seconds, got {cell_timeout!r}.")
-    workers = workers or os.cpu_count() or 1
+    workers = workers or default_workers(memory)
     sandboxed = False
     if use_sandbox:
         sandboxed, why = sandbox.available()
@@ -674,7 +676,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("assignment", help="assignment id, e.g. 01_choose_model")
     p.add_argument("--course-dir", default=".", help="nbgrader course root (default: current directory)")
     p.add_argument("--student", action="append", help="grade only this student (repeatable)")
-    p.add_argument("--workers", type=int, default=None, help="submissions graded at once (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="submissions graded at once (default: usable cores, as memory allows)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission (default: 1800)")
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: c.Execute.timeout)")
     p.add_argument("--memory", default="4G", help="memory per submission, e.g. 2G; 'none' for no limit (default: 4G)")

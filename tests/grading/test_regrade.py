@@ -55,7 +55,7 @@ def test_what_changed_decides_what_is_graded_again(tmp_path, monkeypatch):
     os.makedirs(os.path.join(src, ".ipynb_checkpoints"))
     assert _graded(root) == 0
 
-    _edit_source(root, lambda nb: nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "A note."}))
+    _edit_source(root, lambda nb: nb["cells"].append({"cell_type": "markdown", "id": "a-note", "metadata": {}, "source": "A note."}))
     assert _graded(root) == 1, "the source notebook changed"
 
     with open(os.path.join(src, "ps1_checks.py"), "a") as f:
