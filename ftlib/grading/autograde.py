@@ -65,7 +65,8 @@ _GUARD_EXPR = "__import__('ftlib.grading.guard', fromlist=['restore_report']).re
 
 def _notebook_events(resources: dict) -> dict[str, Any]:
     name = resources.get("nbgrader", {}).get("notebook", "?")
-    return _events.setdefault(name, {"restored": {}, "truncated": [], "died_in": None, "timeouts": []})
+    return _events.setdefault(name, {"restored": {}, "truncated": [], "died_in": None, "timeouts": [],
+                                     "memory_errors": []})
 
 
 def _without_debugger(cmd: list[str]) -> list[str]:
@@ -167,6 +168,9 @@ class GradingExecute(Execute):
                 evalue="the kernel died while running this cell (os._exit, a crash, or killed)")]
         if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
             self._events["timeouts"].append(index)
+        if any(o.get("ename") == "MemoryError" for o in cell.get("outputs", [])):
+            gid = (cell.metadata.get("nbgrader") or {}).get("grade_id")
+            self._events["memory_errors"].append(f"{index} ({gid})" if gid else str(index))
         return cell, resources
 
     def output(self, outs, msg, display_id, cell_index):
@@ -283,6 +287,9 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
             if nb is not None:
                 if events.get("died_in") is not None:
                     status, message = "crashed", f"the kernel died in cell {events['died_in']}"
+                elif events.get("memory_errors"):
+                    status = "memory"
+                    message = f"MemoryError in cell(s) {', '.join(events['memory_errors'])}"
                 elif events.get("timeouts"):
                     status = "timeout"
                     message = f"cell(s) {', '.join(map(str, events['timeouts']))} timed out after {spec['cell_timeout']} s"

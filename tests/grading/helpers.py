@@ -193,6 +193,7 @@ FAULTS = {
     "loop": (_with(add="def add(a, b):\n    while True:\n        pass\n"), "timeout", 3),
     "flood": (_with(add=ADD_OK + "while True:\n    print('spam ' * 200)\n"), "timeout", 6),
     "memory": (_with(normalize=NORMALIZE_OK + "blocks = [np.ones(2**25) for _ in range(400)]\n"), "memory", 0),
+    "memory_error": (_with(add="def add(a, b):\n    bytearray(1 << 60)\n    return a + b\n"), "memory", 3),
     "exit": (_with(normalize=NORMALIZE_OK + "import os\nos._exit(1)\n"), "crashed", 3),
     "deleted": (_edit(_delete_hidden), "ok", 6),
     "duplicated": (_edit(_duplicate_test), "ok", 6),

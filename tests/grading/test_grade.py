@@ -35,6 +35,8 @@ def test_messages_explain_failures(graded):
     assert "timed out" in rows["loop"]["message"]
     assert "output truncated" in rows["flood"]["message"]
     assert "MiB" in rows["memory"]["message"]
+    assert rows["memory_error"]["message"].startswith("MemoryError in cell(s) ")
+    assert "(test_add)" in rows["memory_error"]["message"] and "(test_add_hidden)" in rows["memory_error"]["message"]
     assert "kernel died" in rows["exit"]["message"]
     assert "misnamed" in rows["misnamed"]["message"]
     assert "not valid JSON" in rows["badjson"]["message"]
