@@ -119,8 +119,11 @@ class SandboxKernelManager(AsyncKernelManager):
         # parent died" unless told that 1 is expected; --die-with-parent covers a dead worker.
         env = sandbox.kernel_env(os.environ, JPY_PARENT_PID="1", IPYTHONDIR="/tmp/.ipython",
                                  MPLCONFIGDIR="/tmp/.matplotlib")
-        return sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime, (home, cwd)], cwd=cwd, env=env,
-                            scratch=os.path.dirname(home))
+        # The same working directory for every submission and machine, so that tracebacks in
+        # feedback are the same wherever it was graded, and name no folder of the grader's.
+        inside = sandbox.WORKDIR + "/" + os.path.basename(cwd)
+        return sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime, (home, inside)], cwd=inside,
+                            env=env, scratch=os.path.dirname(home))
 
 
 class GradingExecute(Execute):

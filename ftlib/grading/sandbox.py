@@ -5,8 +5,9 @@ its file system holds only, read-only, the system's programs and libraries (``/u
 and the ``/bin``, ``/lib`` links), the Python interpreter and environment, ftlib's own
 package, the data sets' files, and a minimal ``/etc`` (a ``passwd`` naming the sandbox
 user, ``hosts``, the dynamic linker's cache); writable are only the submission's
-working copy and the kernel's runtime folder, and ``/tmp`` is empty. No home directory,
-no ``/etc/shadow``, no course folder, no other submission exists in there. The kernel
+working copy (shown as ``/home/learner/<assignment>``, the same on every machine) and
+the kernel's runtime folder, and ``/tmp`` is empty. No home directory, no
+``/etc/shadow``, no course folder, no other submission exists in there. The kernel
 runs as an unprivileged user (uid 1000 in its own user namespace) with every capability
 dropped, in its own network namespace (no network) and pid namespace, with only the
 environment variables it needs (`kernel_env`): API tokens in the grader's environment
@@ -25,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ["available", "wrap", "kernel_env", "allowed_paths", "UID"]
+__all__ = ["available", "wrap", "kernel_env", "allowed_paths", "UID", "WORKDIR"]
 
 UID = 1000  # the learner inside; mapped to the grader's own uid outside
+WORKDIR = "/home/learner"  # where a kernel's working copy appears inside
 _ETC_FILES = {
     "passwd": f"learner:x:{UID}:{UID}:learner:/tmp:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     "group": f"learner:x:{UID}:\nnogroup:x:65534:\n",
