@@ -1,0 +1,385 @@
+"""Supervised fine-tuning (SFT) of a generative model: course notebook 09.
+
+A chat model is trained on conversations rendered with its own chat template, one user
+turn (the prompt) and one assistant turn (the completion). This module builds those
+examples, batches them, computes the loss on the answer only, adds LoRA adapters (peft)
+and evaluates two ways: by the likelihood of each answer choice and by greedy generation.
+Training itself is ``ftlib.train.fit``: :class:`SFTModel` and :func:`make_sft_loader` make
+a causal LM look like any other model to it (batches with ``labels``, one logit row per
+label), so progress bars, history, seeds and early stopping come for free.
+
+What matters, and why:
+
+* The same template in training and inference. The model only ever sees text in that
+  format; a prompt rendered differently at test time is out of distribution.
+* Labels ``-100`` on the prompt: the model should learn to answer, not to write reviews.
+* The end-of-turn token stays in the labels, or the model never learns to stop. SmolLM2
+  pads with that same token, so masking "padding" by token id would mask it too: padding
+  is masked by position instead.
+* Right padding for training, left padding for batched generation (new tokens are
+  appended on the right, so the prompt must end there).
+* The vocabulary projection (576 x 49,152 for SmolLM2) is computed only where a label
+  exists: about a fifth of the compute of a step and most of its memory.
+
+It does not pack sequences or train on multi-turn chats; TRL does both, for GPUs.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "IGNORE_INDEX",
+    "chat_messages",
+    "end_of_turn_id",
+    "build_sft_example",
+    "collate_sft",
+    "collate_for_generation",
+    "causal_lm_loss",
+    "labelled_logits",
+    "SFTModel",
+    "make_sft_loader",
+    "add_lora",
+    "merge_lora",
+    "save_adapter",
+    "load_adapter",
+    "score_choices",
+    "classify",
+    "greedy_generate",
+    "generate",
+    "bf16_is_native",
+]
+
+IGNORE_INDEX = -100  # what cross_entropy skips
+
+# SmolLM2's template adds a ~20-token default system prompt when none is given. A short
+# explicit one keeps the format the model was tuned on (a system turn first) at a third
+# of the cost. Training and inference both go through chat_messages, so they agree.
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def chat_messages(prompt: str, completion: str | None = None, *, system: str | None = SYSTEM_PROMPT) -> list[dict]:
+    """The conversation: a system turn, the user's ``prompt`` and, if given, the reply."""
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": prompt})
+    if completion is not None:
+        messages.append({"role": "assistant", "content": completion})
+    return messages
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn: ``<|im_end|>`` in ChatML, else EOS."""
+    token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+        return token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has neither <|im_end|> nor an EOS token to end a turn with.")
+    return tokenizer.eos_token_id
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The tokens of the rendered prompt, up to and including the assistant header."""
+    text = tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has them already
+
+
+def build_sft_example(tokenizer, prompt: str, completion: str, max_length: int) -> dict:
+    """One training example: the chat-rendered prompt, then the answer and end of turn.
+
+    ``labels`` are ``-100`` on every prompt token and equal to ``input_ids`` on the
+    completion's tokens and the end-of-turn token that follows them (what the template
+    writes after it, ChatML's newline, is never generated, so it is left out). Longer
+    than ``max_length``? The prompt loses tokens from its start, never the completion.
+
+    Examples
+    --------
+    >>> from ftlib.models import tiny_chat_tokenizer
+    >>> tok = tiny_chat_tokenizer()
+    >>> ex = build_sft_example(tok, "Hi?", "yes", max_length=64)
+    >>> tok.decode([t for t in ex["labels"] if t != -100])
+    'yes<|im_end|>'
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2; got {max_length!r}.")
+    answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
+    room = max_length - len(answer)
+    if room < 1:
+        raise ValueError(f"The completion alone takes {len(answer)} tokens (with the end of turn), more than "
+                         f"max_length={max_length} allows with a prompt; raise max_length.")
+    context = prompt_ids(tokenizer, prompt)[-room:]
+    input_ids = context + answer
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
+            "labels": [IGNORE_INDEX] * len(context) + answer}
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([[value] * (width - len(r)) + list(r) if left else list(r) + [value] * (width - len(r))
+                         for r in rows], dtype=torch.long)
+
+
+def collate_sft(examples: Sequence[dict], pad_token_id: int) -> dict:
+    """Right-pad a list of :func:`build_sft_example` dicts into ``(B, T)`` tensors.
+
+    Padding gets attention 0 and label -100, decided by position (the pad token may be
+    the end-of-turn token, whose real occurrences must stay in the loss).
+    """
+    if not examples:
+        raise ValueError("collate_sft needs at least one example.")
+    return {"input_ids": _pad([e["input_ids"] for e in examples], pad_token_id, left=False),
+            "attention_mask": _pad([e["attention_mask"] for e in examples], 0, left=False),
+            "labels": _pad([e["labels"] for e in examples], IGNORE_INDEX, left=False)}
+
+
+def collate_for_generation(prompts: Sequence[Sequence[int]], pad_token_id: int) -> dict:
+    """Left-pad token lists so that every prompt ends at the last column."""
+    return {"input_ids": _pad(prompts, pad_token_id, left=True),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True)}
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each labelled token given the tokens before it.
+
+    ``logits`` (B, T, V) and ``labels`` (B, T) are aligned with the inputs: position t
+    predicts token t + 1, so the shift happens here, once.
+    """
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be (B, T, V) and labels (B, T); got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}.")
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def bf16_is_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True where the CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX).
+
+    Read from the CPU's flags, not assumed: on AVX2-only CPUs PyTorch emulates bf16 and
+    autocast makes training slower, not faster.
+    """
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    target_mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, V)`` only at the N positions where ``target_mask`` (B, T) is True.
+
+    The decoder gives hidden states (B, T, H); the output layer (H x V) is applied to the
+    selected rows only. At every position it would cost B x T x V floats (16 x 64 x
+    49,152 x 4 bytes = 200 MB for one SmolLM2 batch, and as much again for its gradient).
+    """
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # through peft
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return lm.get_output_embeddings()(hidden[target_mask])
+
+
+class SFTModel(nn.Module):
+    """A causal LM seen by ``ftlib.train.fit``: logits only at the labelled positions.
+
+    ``forward(input_ids, attention_mask, target_mask)`` returns ``(N, V)`` logits, one row
+    per ``True`` in ``target_mask`` (B, T), the positions whose next token is a label;
+    the batch's ``labels`` are those N next tokens (see :func:`make_sft_loader`), so
+    fit's plain cross-entropy is the answer-only loss and its accuracy is next-token
+    accuracy on the answers. ``bf16=True`` runs the forward under bf16 autocast.
+    """
+
+    def __init__(self, model: nn.Module, *, bf16: bool = False) -> None:
+        super().__init__()
+        self.model, self.bf16 = model, bf16
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = labelled_logits(self.model, input_ids, attention_mask, target_mask)
+        return logits.float()  # (N, V)
+
+
+def _fit_batch(batch: dict) -> dict:
+    """A collated batch, reshaped for fit: ``target_mask`` (B, T) and ``labels`` (N,)."""
+    labels = batch["labels"]
+    target_mask = torch.zeros_like(labels, dtype=torch.bool)
+    target_mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "target_mask": target_mask, "labels": labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]}
+
+
+class make_sft_loader:
+    """Batches of SFT examples for ``fit``: right-padded, then as :class:`SFTModel` wants them.
+
+    Shuffled batches are drawn from pools of similar length (less padding) with a seeded
+    order; ``len()`` is the number of batches. A class, not a generator, so that each
+    epoch iterates afresh.
+    """
+
+    def __init__(self, examples: Sequence[dict], pad_token_id: int, *, batch_size: int = 8,
+                 shuffle: bool = False, seed: int = 0) -> None:
+        if not examples:
+            raise ValueError("make_sft_loader needs at least one example.")
+        self.examples, self.pad_token_id, self.batch_size = list(examples), pad_token_id, batch_size
+        self.shuffle, self._rng = shuffle, random.Random(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
+    def _batches(self) -> list[list[int]]:
+        order = list(range(len(self.examples)))
+        if not self.shuffle:
+            order.sort(key=lambda i: len(self.examples[i]["input_ids"]))
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        self._rng.shuffle(order)
+        pool = 16 * self.batch_size
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start:start + pool], key=lambda i: len(self.examples[i]["input_ids"]))
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        self._rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterable[dict]:
+        for indices in self._batches():
+            yield _fit_batch(collate_sft([self.examples[i] for i in indices], self.pad_token_id))
+
+
+def add_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+             target_modules: str | list[str] = "all-linear"):
+    """Wrap ``model`` with LoRA adapters (peft) and freeze everything else.
+
+    Each targeted ``Linear`` W gets a trainable low-rank update ``(alpha / r) * B @ A``
+    (A: r x in, B: out x r, B starting at zero, so the model starts unchanged). The
+    default targets every linear layer of the blocks (attention and MLP), not peft's
+    historical query/value only; the output layer is not adapted. No dropout by default:
+    peft's dropout keeps a dropped-out copy of every adapted layer's input for the
+    backward pass, which costs memory this CPU budget does not have.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"r (the LoRA rank) must be a positive integer; got {r!r}.")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the weights and return the plain model: keep the result.
+
+    ``merge_and_unload`` returns the merged model; the peft wrapper it was called on
+    should not be used afterwards.
+    """
+    if not hasattr(model, "merge_and_unload"):
+        raise TypeError(f"merge_lora needs a peft model (see add_lora); got {type(model).__name__}.")
+    return model.merge_and_unload()
+
+
+def save_adapter(model: nn.Module, path) -> None:
+    """Save the adapter only (a few MB): ``adapter_config.json`` + ``adapter_model.safetensors``."""
+    if not hasattr(model, "peft_config"):
+        raise TypeError(f"save_adapter needs a peft model (see add_lora); got {type(model).__name__}.")
+    model.save_pretrained(str(path))
+
+
+def load_adapter(model: nn.Module, path, *, trainable: bool = False):
+    """Put the adapter saved at ``path`` on top of ``model`` (the same base weights)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+class _eval_mode:
+    """Eval mode and no gradients inside; the model's previous mode is put back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.no_grad = model, torch.no_grad()
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def _sequence_log_probs(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Summed log-probability of the labelled tokens of each row of a collated batch: (B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    labels = batch["labels"][:, 1:]
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
+    picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    return (picked * (labels != IGNORE_INDEX)).sum(dim=1)
+
+
+def _choice_example(tokenizer, prompt: str, choice: str, max_length: int) -> dict:
+    """An SFT example whose labels are the choice's tokens, without the end of turn.
+
+    An instruct model that would rather answer in a sentence ("This review is
+    positive.") is not penalised for it: only the choice's own tokens are scored.
+    """
+    example = build_sft_example(tokenizer, prompt, choice, max_length)
+    example["labels"][-1] = IGNORE_INDEX
+    return example
+
+
+def score_choices(model: nn.Module, tokenizer, prompt: str, choices: Sequence[str]) -> torch.Tensor:
+    """Summed log-probability of each choice's tokens as the start of the assistant's reply: (C,).
+
+    Classification without a classifier: the predicted class is the most likely reply.
+    The model runs in eval mode without gradients; its previous mode is restored.
+    """
+    if not choices:
+        raise ValueError("score_choices needs at least one choice.")
+    examples = [_choice_example(tokenizer, prompt, c, max_length=10**9) for c in choices]
+    with _eval_mode(model):
+        return _sequence_log_probs(model, collate_sft(examples, tokenizer.pad_token_id))
+
+
+def classify(model: nn.Module, tokenizer, prompts: Sequence[str], choices: Sequence[str], *,
+             max_length: int = 256, batch_size: int = 16, bf16: bool = False, progress: bool = False) -> list[int]:
+    """The index of the most likely choice for each prompt (see :func:`score_choices`), batched."""
+    from ftlib.train import _progress
+
+    pairs = [_choice_example(tokenizer, p, c, max_length) for p in prompts for c in choices]
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]["input_ids"]))  # less padding
+    scores = torch.empty(len(pairs))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with _eval_mode(model), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for idx in _progress(batches, progress, desc="score"):
+            batch = _fit_batch(collate_sft([pairs[i] for i in idx], tokenizer.pad_token_id))
+            logits = labelled_logits(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+            picked = torch.log_softmax(logits.float(), -1).gather(1, batch["labels"][:, None]).squeeze(1)  # (N,)
+            rows = batch["target_mask"].nonzero()[:, 0]  # the sequence of each labelled token
+            scores[idx] = torch.zeros(len(idx)).index_add_(0, rows, picked)
+    return scores.view(len(prompts), len(choices)).argmax(dim=1).tolist()
+
+
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, *,
+             batch_size: int = 8) -> list[str]:
+    """Greedy replies to several prompts, left-padded in batches; each stops at end of turn."""
+    stop = end_of_turn_id(tokenizer)
+    replies = []
+    with _eval_mode(model):
+        for start in range(0, len(prompts), batch_size):
+            batch = collate_for_generation([prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]],
+                                           tokenizer.pad_token_id)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                                 pad_token_id=tokenizer.pad_token_id)
+            new = out[:, batch["input_ids"].shape[1]:]  # (B, new tokens): the replies only
+            replies += [tokenizer.decode(_until(row.tolist(), stop), skip_special_tokens=True) for row in new]
+    return replies
+
+
+def _until(ids: list[int], stop: int) -> list[int]:
+    return ids[:ids.index(stop)] if stop in ids else ids
+
+
+def greedy_generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32) -> str:
+    """The model's greedy reply to ``prompt`` (the reply only, up to the end of turn)."""
+    return generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1)[0]

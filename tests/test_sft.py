@@ -1,0 +1,195 @@
+"""ftlib.sft on a tiny random Llama (2 layers, byte-level ChatML tokenizer): seconds, no downloads."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ftlib import sft
+from ftlib.models import load_causal_lm, tiny_chat_tokenizer
+from ftlib.optim import adamw
+from ftlib.train import fit
+
+IM_END = 2  # the tiny tokenizer's <|im_end|>: end of turn, EOS and padding, as in SmolLM2
+
+
+@pytest.fixture
+def tok():
+    return tiny_chat_tokenizer()
+
+
+@pytest.fixture
+def lm():
+    torch.manual_seed(0)
+    return load_causal_lm("tiny-llama")[0]
+
+
+def _prompt_text(tok, prompt):
+    return tok.apply_chat_template(sft.chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def test_example_is_the_chat_template_with_labels_on_the_answer_only(tok):
+    ex = sft.build_sft_example(tok, "Is it good?", "yes", max_length=256)
+    assert len(ex["input_ids"]) == len(ex["attention_mask"]) == len(ex["labels"])
+    assert all(isinstance(t, int) for key in ex for t in ex[key])
+    n_prompt = len(tok(_prompt_text(tok, "Is it good?"), add_special_tokens=False)["input_ids"])
+    assert tok.decode(ex["input_ids"]) == _prompt_text(tok, "Is it good?") + "yes<|im_end|>"
+    assert ex["labels"][:n_prompt] == [-100] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert ex["labels"][-1] == IM_END  # the model must learn to stop
+    assert set(ex["attention_mask"]) == {1}
+
+
+def test_the_short_system_prompt_replaces_the_default_one(tok):
+    rendered = _prompt_text(tok, "hi")
+    assert rendered.startswith("<|im_start|>system\n" + sft.SYSTEM_PROMPT + "<|im_end|>")
+    assert "SmolLM" not in rendered  # the template's 20-token default is not paid for
+
+
+def test_truncation_cuts_the_start_of_the_prompt_never_the_completion(tok):
+    full = sft.build_sft_example(tok, "a long review " * 20, "positive", max_length=10_000)
+    cut = sft.build_sft_example(tok, "a long review " * 20, "positive", max_length=60)
+    assert len(cut["input_ids"]) == 60
+    assert cut["input_ids"] == full["input_ids"][-60:]  # the end survives: header, then answer
+    assert cut["labels"] == full["labels"][-60:]
+    assert tok.decode([t for t in cut["labels"] if t != -100]) == "positive<|im_end|>"
+    with pytest.raises(ValueError, match="completion alone"):
+        sft.build_sft_example(tok, "hi", "a completion far too long", max_length=10)
+
+
+def test_collate_right_pads_and_keeps_the_end_of_turn_that_equals_the_pad_token(tok):
+    short = sft.build_sft_example(tok, "a", "no", 256)
+    long = sft.build_sft_example(tok, "a longer prompt", "yes", 256)
+    batch = sft.collate_sft([short, long], tok.pad_token_id)
+    n = len(short["input_ids"])
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, len(long["input_ids"]))
+    assert batch["input_ids"].dtype == torch.long
+    assert batch["input_ids"][0, :n].tolist() == short["input_ids"]  # real tokens first: right padding
+    assert (batch["input_ids"][0, n:] == tok.pad_token_id).all()
+    assert (batch["attention_mask"][0, n:] == 0).all() and (batch["attention_mask"][0, :n] == 1).all()
+    assert (batch["labels"][0, n:] == -100).all()
+    assert batch["labels"][0, n - 1] == IM_END == tok.pad_token_id
+
+
+def test_generation_batches_are_left_padded():
+    batch = sft.collate_for_generation([[5, 6, 7], [8]], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_loss_is_the_mean_over_labelled_next_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 5]])
+    terms = [-F.log_softmax(logits[b, t - 1], -1)[labels[b, t]] for b in range(2) for t in range(1, 5)
+             if labels[b, t] != -100]
+    assert torch.allclose(sft.causal_lm_loss(logits, labels), torch.stack(terms).mean())
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        sft.causal_lm_loss(logits[0], labels[0])
+
+
+def test_sft_model_projects_only_labelled_positions_and_fit_sees_the_same_loss(tok, lm):
+    examples = [sft.build_sft_example(tok, p, c, 256) for p, c in [("a", "yes"), ("bcd", "no")]]
+    collated = sft.collate_sft(examples, tok.pad_token_id)
+    [batch] = list(sft.make_sft_loader(examples, tok.pad_token_id, batch_size=2))
+    full = lm(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"]).logits
+    # The loader sorts by length; both give the same set of (row, position) pairs here.
+    assert batch["input_ids"].tolist() == collated["input_ids"].tolist()
+    logits = sft.SFTModel(lm)(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+    assert logits.shape == (int((collated["labels"] != -100).sum()), lm.config.vocab_size)
+    assert torch.allclose(logits, full[batch["target_mask"]], atol=1e-5)
+    assert torch.allclose(F.cross_entropy(logits, batch["labels"]), sft.causal_lm_loss(full, collated["labels"]),
+                          atol=1e-5)
+
+
+def test_loader_is_seeded_and_covers_every_example_once(tok):
+    examples = [sft.build_sft_example(tok, "x" * i, "y", 256) for i in range(1, 20)]
+    first = [b["input_ids"].shape for b in sft.make_sft_loader(examples, IM_END, batch_size=4, shuffle=True, seed=1)]
+    again = [b["input_ids"].shape for b in sft.make_sft_loader(examples, IM_END, batch_size=4, shuffle=True, seed=1)]
+    assert first == again and len(first) == 5
+    assert sum(s[0] for s in first) == len(examples)
+
+
+def test_score_choices_sums_the_choice_tokens_log_probs_in_eval_mode(tok, lm):
+    lm.train()
+    scores = sft.score_choices(lm, tok, "Good?", ["yes", "no!"])
+    assert lm.training and not scores.requires_grad
+    assert scores.shape == (2,)
+    for choice, score in zip(["yes", "no!"], scores):
+        ids = tok(_prompt_text(tok, "Good?") + choice, add_special_tokens=False)["input_ids"]
+        n = len(tok(choice, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.eval()(input_ids=torch.tensor([ids])).logits[0], -1)
+        expected = sum(lp[t - 1, ids[t]] for t in range(len(ids) - n, len(ids)))
+        assert torch.allclose(score, expected, atol=1e-4)
+    assert sft.classify(lm, tok, ["Good?"], ["yes", "no!"]) == [int(scores.argmax())]
+
+
+def _teach(lm, tok, reply="ok", epochs=40):
+    """Full fine-tune of the tiny model until it answers ``reply`` to any prompt."""
+    examples = [sft.build_sft_example(tok, f"Say it {i}", reply, 256) for i in range(16)]
+    loader = sft.make_sft_loader(examples, tok.pad_token_id, batch_size=8, shuffle=True)
+    return fit(sft.SFTModel(lm), loader, None, epochs=epochs, optimizer=adamw(lm.parameters(), lr=1e-2),
+               schedule="constant", warmup=0.0, progress=False)
+
+
+def test_a_short_fit_teaches_the_reply_and_generation_stops_at_end_of_turn(tok, lm):
+    history = _teach(lm, tok)
+    assert history["train_loss"][-1] < 0.05 < history["train_loss"][0]
+    reply = sft.greedy_generate(lm, tok, "Say it 99", max_new_tokens=20)
+    assert reply == "ok"  # not "okokok...": the end of turn was learned and stops it
+    assert sft.generate(lm, tok, ["Say it 1", "a much longer prompt here"], 20) == ["ok", "ok"]  # left padding
+
+
+def test_lora_trains_only_the_adapters_on_every_linear_layer(tok, lm):
+    before = {n: p.detach().clone() for n, p in lm.named_parameters()}
+    model = sft.add_lora(lm, r=4, alpha=8)
+    adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    examples = [sft.build_sft_example(tok, "q", "a", 256)] * 4
+    fit(sft.SFTModel(model), sft.make_sft_loader(examples, IM_END, batch_size=4), None, epochs=2,
+        optimizer=adamw([p for p in model.parameters() if p.requires_grad], lr=1e-2), progress=False)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            assert p.abs().sum() > 0  # moved away from its zero start
+        elif "lora_" not in n:
+            assert torch.equal(p, before[n.replace("base_model.model.", "").replace(".base_layer", "")])
+
+
+def test_adapter_save_load_and_merge_give_identical_outputs(tok, tmp_path):
+    torch.manual_seed(0)
+    base = load_causal_lm("tiny-llama")[0]
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    model = sft.add_lora(base, r=4, alpha=8)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # an adapter that changes the outputs
+    ids = torch.tensor([sft.build_sft_example(tok, "hello", "yes", 256)["input_ids"]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    sft.save_adapter(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000  # the adapter alone
+
+    fresh = load_causal_lm("tiny-llama")[0]
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(input_ids=ids).logits, expected, atol=1e-3)
+    reloaded = sft.load_adapter(fresh, tmp_path / "adapter")
+    merged = sft.merge_lora(reloaded)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+    with pytest.raises(TypeError, match="peft model"):
+        sft.merge_lora(merged)
+
+
+def test_bf16_is_read_from_the_cpu_flags(tmp_path):
+    (tmp_path / "yes").write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
+    (tmp_path / "amx").write_text("flags : fpu avx2 amx_bf16 amx_tile\n")
+    (tmp_path / "no").write_text("flags : fpu sse avx2 fma\n")
+    assert sft.bf16_is_native(str(tmp_path / "yes")) and sft.bf16_is_native(str(tmp_path / "amx"))
+    assert not sft.bf16_is_native(str(tmp_path / "no"))
+    assert not sft.bf16_is_native(str(tmp_path / "missing"))
