@@ -277,7 +277,11 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
                 penalty = snb.late_submission_penalty or 0.0
                 db_grades = {g.name: g for g in snb.grades}
                 comments = {c.name: c.auto_comment for c in snb.comments}
-            for gc in sorted(gb.find_notebook(name, assignment).grade_cells, key=lambda c: c.id):
+            # In notebook order (cells holds them in that order), then by name: the same on every
+            # run, where the gradebook's ids are random.
+            order = {gid: i for i, gid in enumerate(cells)}
+            for gc in sorted(gb.find_notebook(name, assignment).grade_cells,
+                             key=lambda c: (order.get(c.name, len(order)), c.name)):
                 g = db_grades.get(gc.name)
                 score = g.auto_score if (g is not None and nb is not None) else 0.0
                 msg = error_summary(cells[gc.name].get("outputs", [])) if gc.name in cells else ""
