@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from typing import Any
 
 from ftlib.grading import guard, sandbox
 from ftlib.grading.feedback import hidden_delimiters
-from ftlib.grading.limits import default_workers, parse_memory, watch
+from ftlib.grading.limits import default_workers, parse_memory, run_limited, watch
 from ftlib.grading.notebook import imported_modules, setup_cells
 
 __all__ = ["grade_main", "grade_assignment", "STATUSES"]
@@ -229,11 +230,24 @@ def _grade_one(job: dict[str, Any]) -> dict[str, Any]:
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump(job["spec"], f)
     log_path = os.path.join(out_dir, "worker.log")
-    proc = _fork_context().Process(target=_forked_worker, args=(spec_path, log_path, job["env"]))
-    proc.start()
-    status, wall, peak = watch(proc.pid, lambda: not proc.is_alive(), timeout=job["timeout"], memory=job["memory"])
-    proc.join()
-    run = {"status": status, "returncode": proc.exitcode, "wall_s": wall, "peak_rss": peak}
+    import multiprocessing as mp
+
+    if mp.current_process().daemon:
+        # A daemonic process (a Dask worker under its nanny) may not start multiprocessing
+        # children: run the worker as a fresh interpreter instead of a fork.
+        with open(log_path, "wb") as logf:
+            r = run_limited([sys.executable, "-m", "ftlib.grading.autograde", spec_path], timeout=job["timeout"],
+                            memory=job["memory"], stdout=logf, stderr=subprocess.STDOUT, env=job["env"],
+                            cwd=out_dir)
+        status, wall, peak, exitcode = r.status, r.wall_s, r.peak_rss, r.returncode
+    else:
+        proc = _fork_context().Process(target=_forked_worker, args=(spec_path, log_path, job["env"]))
+        proc.start()
+        status, wall, peak = watch(proc.pid, lambda: not proc.is_alive(), timeout=job["timeout"],
+                                   memory=job["memory"])
+        proc.join()
+        exitcode = proc.exitcode
+    run = {"status": status, "returncode": exitcode, "wall_s": wall, "peak_rss": peak}
     result_path = os.path.join(out_dir, "result.json")
     result = None
     if status == "exited" and os.path.exists(result_path):
@@ -346,6 +360,16 @@ def _store(gb, assignment: str, student: str, outcome: dict | None, info: dict, 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def worker_env(workers: int) -> dict[str, str]:
+    """The environment of a grading worker on this machine, one of ``workers`` at once here."""
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(_with_venv_path(dict(os.environ)), PYTHONPATH=os.pathsep.join(
+        [pkg_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.update(TQDM_MININTERVAL="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(_thread_limits(workers, os.environ))
+    return env
+
+
 def _thread_limits(workers: int, environ) -> dict[str, str]:
     """Thread counts for each kernel so that ``workers`` kernels share the cores.
 
@@ -362,7 +386,8 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                      workers: int | None = None, timeout: float = 1800.0, cell_timeout: int | None = None,
                      memory: int | None = 4 * 2**30, csv_path: str | None = None, force: bool = False,
                      include_hidden: bool = False, use_sandbox: bool = True,
-                     max_output_bytes: int = 1_000_000, log=print) -> list[dict[str, Any]]:
+                     max_output_bytes: int = 1_000_000, scheduler: str | None = None,
+                     log=print) -> list[dict[str, Any]]:
     """Autograde every submission of ``assignment``; return one CSV row (dict) per student.
 
     Workers are forked from a `multiprocessing` fork server, so a script that calls this
@@ -397,6 +422,10 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         Sandbox kernels with bubblewrap when it works here.
     max_output_bytes : int
         Output kept per cell during execution; the rest is dropped.
+    scheduler : str, optional
+        Grade on a Dask cluster: a scheduler address (``tcp://HOST:8786``), or ``"local"``
+        for a cluster of ``workers`` processes here (see `cluster`). Each worker checks
+        its own sandbox; this process alone writes the gradebook and the files.
     log : callable
         Receives progress lines.
     """
@@ -404,8 +433,11 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         raise ValueError(f"The 'workers' must be a positive integer, got {workers!r}.")
     if not timeout or timeout <= 0:
         raise ValueError(f"The 'timeout' must be a positive number of seconds, got {timeout!r}.")
+    if scheduler is not None and scheduler != "local" and not re.fullmatch(r"(\w+://)?[^\s/:]+:\d+/?", scheduler):
+        raise ValueError(f"The 'scheduler' must be a Dask scheduler address such as tcp://HOST:8786, got {scheduler!r}.")
     course_dir = os.path.abspath(course_dir)
-    _start_fork_server()  # it imports nbgrader on the other core while this process does the same
+    if scheduler is None:
+        _start_fork_server()  # it imports nbgrader on the other core while this process does the same
     coursedir, cfg = _load_coursedir(course_dir)
     if cell_timeout is None:
         cell_timeout = int(cfg.Execute.get("timeout", 30) or 30)
@@ -413,7 +445,9 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         raise ValueError(f"The 'cell_timeout' must be a positive number of seconds, got {cell_timeout!r}.")
     workers = workers or default_workers(memory)
     sandboxed = False
-    if use_sandbox:
+    if use_sandbox and scheduler is not None:
+        sandboxed = True  # each worker checks its own, and refuses to grade without one
+    elif use_sandbox:
         sandboxed, why = sandbox.available()
         if not sandboxed:
             log("!" * 78)
@@ -464,11 +498,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                 raise ValueError(f"No submission or gradebook entry for student(s) {', '.join(unknown)} "
                                  f"in {assignment!r}.")
             everyone = [s for s in everyone if s in students]
-        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(_with_venv_path(dict(os.environ)), PYTHONPATH=os.pathsep.join(
-            [pkg_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        env.update(TQDM_MININTERVAL="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        env.update(_thread_limits(workers, os.environ))
+        env = worker_env(workers)
         rows, jobs = {}, []
         for student in everyone:
             sub = os.path.join(submitted_root, student, assignment)
@@ -497,7 +527,9 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
             jobs.append({"student": student, "spec": spec, "timeout": timeout, "memory": memory, "env": env,
                          "hash": digest, "sub": sub})
         skipped = len(everyone) - len(jobs) - sum(1 for r in rows.values() if r["status"] == "missing")
-        log(f"Grading {len(jobs)} submission(s) of {assignment} with {workers} worker(s)"
+        where = (f"on a local Dask cluster of {workers} worker(s)" if scheduler == "local"
+                 else f"on the Dask cluster at {scheduler}" if scheduler else f"with {workers} worker(s)")
+        log(f"Grading {len(jobs)} submission(s) of {assignment} {where}"
             f"{f'; {skipped} unchanged, not graded again (use --force)' if skipped > 0 else ''}.")
         started = time.monotonic()
         from nbgrader.api import Gradebook
@@ -508,9 +540,16 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                                  roots={"autograded": autograded_root, "feedback": feedback_root},
                                  logs_dir=os.path.join(course_dir, "grades", "logs", assignment),
                                  timeout=timeout, memory=memory, rows=rows, state=state, log=log)
-            with cf.ThreadPoolExecutor(max_workers=workers) as pool:
-                for future in cf.as_completed([pool.submit(_grade_one, job) for job in jobs]):
-                    recorder.record(future.result())
+            if scheduler is not None and jobs:
+                from ftlib.grading.cluster import grade_on_cluster
+
+                for done in grade_on_cluster(jobs, scheduler=scheduler, workers=workers, template_db=template,
+                                             support_dir=source_dir, use_sandbox=use_sandbox, log=log):
+                    recorder.record(done)
+            else:
+                with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+                    for future in cf.as_completed([pool.submit(_grade_one, job) for job in jobs]):
+                        recorder.record(future.result())
             recorder.summarize()
         log(f"Graded {len(jobs)} submission(s) in {time.monotonic() - started:.1f} s.")
         _write_atomic(state_path, json.dumps(state, indent=1))
@@ -684,6 +723,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="grade again submissions that did not change")
     p.add_argument("--include-hidden", action="store_true", help="show hidden tests in the HTML feedback")
     p.add_argument("--no-sandbox", action="store_true", help="do not sandbox kernels even if bubblewrap works")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="grade on the Dask cluster of this scheduler, e.g. tcp://HOST:8786")
+    where.add_argument("--local-cluster", action="store_true",
+                       help="grade on a Dask cluster of --workers processes started on this machine")
     return p
 
 
@@ -697,7 +741,8 @@ def grade_main(argv: list[str]) -> int:
         grade_assignment(args.assignment, course_dir=args.course_dir, students=args.student,
                          workers=args.workers, timeout=args.timeout, cell_timeout=args.cell_timeout,
                          memory=parse_memory(args.memory), csv_path=args.csv_path, force=args.force,
-                         include_hidden=args.include_hidden, use_sandbox=not args.no_sandbox)
+                         include_hidden=args.include_hidden, use_sandbox=not args.no_sandbox,
+                         scheduler="local" if args.local_cluster else args.scheduler)
     except (ValueError, OSError) as e:
         print(f"ftlib grade: {e}", file=sys.stderr)
         return 2
