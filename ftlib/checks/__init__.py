@@ -10,9 +10,10 @@ Checks are quiet: no warnings, logging or progress bars reach stderr.
 """
 from importlib import import_module
 
-from ftlib.checks._common import CheckFailure
+from ftlib.checks._common import BNNet, CheckFailure
 
-__all__ = ["CheckFailure", "ASSIGNMENTS", "EXERCISES", "get_check"]
+# BNNet: the tiny convnet with BatchNorm that many checks build, for reproducing a failure.
+__all__ = ["CheckFailure", "BNNet", "ASSIGNMENTS", "EXERCISES", "get_check"]
 
 # assignment -> checks module
 ASSIGNMENTS = {

@@ -73,6 +73,40 @@ class CheckFailure(AssertionError):
             lines.append(f"  hint:     {hint}")
         super().__init__("\n".join(lines))
 
+    def _render_traceback_(self) -> list[str]:
+        """What Jupyter shows for a failed check: its message and the learner's own lines.
+
+        IPython calls this hook instead of printing the whole traceback, which would run
+        through 20-40 lines of ``ftlib.checks`` before reaching the message. The cell still
+        fails (nbgrader records the error and gives no points); only the display is short.
+        """
+        what, *details = str(self).splitlines()
+        lines = [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {what}", *details]
+        cause = self.__cause__
+        if cause is not None:  # the learner's function crashed: where, in their code
+            lines += [f"  in your code: {where}" for where in _cells(cause.__traceback__)[-2:]]
+        lines += [f"  checked by:   {where}" for where in _cells(self.__traceback__)[:1]]
+        return lines
+
+
+def _cells(tb) -> list[str]:
+    """``Cell In[5], line 3, in replace_head: <the line>`` for each frame in a notebook cell."""
+    import linecache
+    import traceback
+
+    ip = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    out = []
+    for frame in traceback.extract_tb(tb):
+        name = frame.filename
+        if not (name.startswith("<") or "ipykernel_" in name):
+            continue  # library code (ftlib.checks, torch): not the learner's
+        label = ip.compile.format_code_name(name) if ip is not None and hasattr(ip, "compile") else None
+        cell = " ".join(label) if label else name.strip("<>")
+        code = (frame.line or linecache.getline(name, frame.lineno or 0)).strip()
+        where = f"{cell}, line {frame.lineno}" + ("" if frame.name == "<module>" else f", in {frame.name}")
+        out.append(f"{where}: {code}" if code else where)
+    return out
+
 
 def _short(value: Any, limit: int = 300) -> str:
     text = value if isinstance(value, str) else repr(value)
@@ -137,11 +171,29 @@ def call(fn: Callable, *args, name: str, **kwargs):
         ) from None
     except CheckFailure:
         raise
-    except Exception as err:  # the learner's bug: say where and keep the traceback
+    except Exception as err:  # the learner's bug: say on what and where; keep the traceback
+        inputs = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
+        models = sorted({type(a).__name__ for a in args if type(a).__name__ in _REBUILDABLE})
+        rebuild = f" (`from ftlib.checks import {', '.join(models)}` builds the same model)" if models else ""
         raise CheckFailure(
-            f"{name} raised {type(err).__name__}: {err}",
-            hint="Run your function on a small example in the scratch cell below it to debug.",
+            f"{name}({inputs}) raised {type(err).__name__}: {err}",
+            hint=f"Call it on the same kind of input in the scratch cell below the exercise{rebuild}.",
         ) from err
+
+
+# Test inputs a learner can rebuild from ftlib.checks to reproduce a failure.
+_REBUILDABLE = {"BNNet"}
+
+
+def _describe(value: Any) -> str:
+    """A short name for a check's input: the class of a model, the shape of a tensor."""
+    if isinstance(value, nn.Module):
+        return f"<{type(value).__name__} model>"
+    if isinstance(value, torch.Tensor):
+        return f"<tensor of shape {tuple(value.shape)}>"
+    if isinstance(value, (list, tuple)) and len(value) > 3:
+        return f"<{type(value).__name__} of {len(value)}>"
+    return _short(value, 40)
 
 
 def as_int(value: Any, what: str) -> int:

@@ -179,6 +179,12 @@ try {
     const error = page.locator(".jp-OutputArea-output", { hasText: CHECK_MESSAGE }).first();
     await error.waitFor({ timeout: 10_000 })
       .catch(() => { throw new Error(`no output matching ${CHECK_MESSAGE} after running all cells`); });
+    // The check's message and the learner's own line, not a traceback through ftlib.checks.
+    const shown = (await error.innerText()).trim().split("\n");
+    if (shown.length > 10 || shown.some((l) => /ftlib\/checks|site-packages/.test(l))) {
+      throw new Error(`the failed check shows ${shown.length} lines (at most 10, none in ftlib): ${shown.slice(0, 12).join(" / ")}`);
+    }
+    log(`the failed check shows ${shown.length} lines`);
     await shot(page, "02-wrong-answer-check-message.png", error);
   });
 

@@ -1,0 +1,40 @@
+"""A failed check in Jupyter shows its message and the learner's lines, not 30 lines of ftlib."""
+import nbclient
+import nbformat
+
+WRONG = """from ftlib.checks import choose_model as checks
+
+def count_parameters(model):
+    total = sum(p.numel() for p in model.parameters())
+    return total, total  # frozen parameters counted as trainable
+"""
+CRASHES = """def count_parameters(model):
+    sizes = [p.numel() for p in model.parameters()]
+    return sizes.total, sum(sizes)
+"""
+CHECK = "checks.check_count_parameters(count_parameters)"
+
+
+def _errors(*sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbclient.NotebookClient(nb, timeout=120, allow_errors=True, kernel_name="python3").execute()
+    return [o for cell in nb.cells for o in cell.get("outputs", []) if o["output_type"] == "error"]
+
+
+def test_a_wrong_answer_shows_the_message_in_a_few_lines():
+    wrong, crash = _errors(WRONG, CHECK, CRASHES, CHECK)
+    for error in (wrong, crash):
+        assert error["ename"] == "CheckFailure"  # still an error: nbgrader gives the cell no points
+        text = "\n".join(error["traceback"])
+        assert len(text.splitlines()) <= 10, text
+        assert "ftlib/checks" not in text and "site-packages" not in text, text
+        assert f"checked by:   Cell In[" in text and CHECK in text, text
+    wrong_text = "\n".join(wrong["traceback"])
+    assert "Wrong trainable count" in wrong_text and "expected: " in wrong_text and "found: " in wrong_text
+    assert "hint: " in wrong_text
+    # A crash inside the learner's function names the input and points at their line.
+    crash_text = "\n".join(crash["traceback"])
+    assert "count_parameters(<" in crash_text and "model>) raised AttributeError" in crash_text, crash_text
+    assert "in your code: Cell In[" in crash_text and "return sizes.total, sum(sizes)" in crash_text, crash_text
+    assert "scratch cell" in crash_text
