@@ -120,8 +120,11 @@ def _client(scheduler: str, workers: int):
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
-        # Dask's own memory manager is off: each submission has its own limit.
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+        import dask
+
+        # Dask's own memory manager is off: each submission has its own limit. Non-daemonic
+        # worker processes may fork graders from a warmed fork server, as a local run does.
+        with dask.config.set({"distributed.worker.daemon": False}), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, memory_limit=0) as cluster, Client(cluster) as client:
             yield client
     else:
