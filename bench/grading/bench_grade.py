@@ -7,13 +7,22 @@ submissions, then in one run times:
 
 1. ``nbgrader autograde ASSIGNMENT`` (serial, nbgrader's own command line);
 2. ``ftlib grade ASSIGNMENT --workers W --force`` on the same submissions;
-3. ``ftlib check NOTEBOOK`` on one learner notebook.
+3. with ``--dask``, ``ftlib grade ASSIGNMENT --local-cluster --workers W --force`` (a
+   local Dask cluster of W worker processes, started by the command);
+4. ``ftlib check NOTEBOOK`` on one learner notebook;
+5. with ``--overhead K``, what a submission costs beyond executing its notebook: K
+   submissions graded one at a time (``--workers 1``, each submission's own time as
+   ``ftlib grade`` reports it) against the same notebook executed K times by nbclient
+   alone (a fresh kernel each time, ``NBGRADER_EXECUTION=autograde``, in the release
+   folder), in one process.
 
-Each is a fresh command-line process, as a user runs it, so every figure includes the
-command's own start-up and imports. Prints wall times and the ratio; asserts nothing.
+Each command is a fresh command-line process, as a user runs it, so every figure
+includes the command's own start-up and imports. Prints wall times and ratios; asserts
+nothing.
 
     .venv/bin/python bench/grading/bench_grade.py                 # toy ps1, 20 submissions
     .venv/bin/python bench/grading/bench_grade.py --assignment 01_choose_model -n 4
+    .venv/bin/python bench/grading/bench_grade.py --assignment 06_train_and_monitor --dask --overhead 3
 """
 from __future__ import annotations
 
@@ -70,6 +79,37 @@ def reference_submission(source_nb: dict, release_nb: dict) -> dict:
     return release_nb
 
 
+EXECUTE_ONLY = """
+import json, os, sys, time
+import nbformat
+from nbclient import NotebookClient
+release, source, name, k, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+sys.path.insert(0, {repo!r})
+from bench_grade import reference_submission
+with open(source) as f:
+    src = json.load(f)
+with open(os.path.join(release, name)) as f:
+    rel = json.load(f)
+text = json.dumps(reference_submission(src, rel))
+os.environ["NBGRADER_EXECUTION"] = "autograde"
+for _ in range(k):
+    t0 = time.perf_counter()
+    NotebookClient(nbformat.reads(text, as_version=4), timeout=timeout, kernel_name="python3",
+                   resources={{"metadata": {{"path": release}}}}).execute()
+    print("EXECUTED", time.perf_counter() - t0, flush=True)
+"""
+
+
+def execute_only(release_dir: str, source: str, name: str, k: int, timeout: int, env: dict) -> list[float]:
+    """Seconds to execute the reference notebook k times with nbclient alone, kernel start included."""
+    code = EXECUTE_ONLY.format(repo=os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code, release_dir, source, name, str(k), str(timeout)],
+                       cwd=release_dir, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-2000:])
+    return [float(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("EXECUTED")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--assignment", default="ps1", help="ps1 (toy) or a folder of solutions/")
@@ -77,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cell-timeout", type=int, default=120)
     p.add_argument("--memory", default="4G")
+    p.add_argument("--dask", action="store_true", help="also time ftlib grade --local-cluster")
+    p.add_argument("--overhead", type=int, default=0, metavar="K",
+                   help="also measure the per-submission overhead on K submissions")
     args = p.parse_args(argv)
 
     root = tempfile.mkdtemp(prefix="ftlib-bench-grade-")
@@ -111,6 +154,20 @@ def main(argv=None) -> int:
         parallel, g = timed([os.path.join(bindir, "ftlib"), "grade", args.assignment, "--workers",
                              str(args.workers), "--force", "--cell-timeout", str(args.cell_timeout),
                              "--memory", args.memory])
+        grade_cmd = [os.path.join(bindir, "ftlib"), "grade", args.assignment, "--force", "--cell-timeout",
+                     str(args.cell_timeout), "--memory", args.memory]
+        dask_s = None
+        if args.dask:
+            dask_s, d = timed([*grade_cmd, "--local-cluster", "--workers", str(args.workers)])
+        overhead = None
+        if args.overhead:
+            students = [f"student{i:03d}" for i in range(min(args.overhead, args.n))]
+            _, o = timed([*grade_cmd, "--workers", "1", *[a for s_ in students for a in ("--student", s_)]])
+            graded = [float(line.rsplit("(", 1)[1].split()[0]) for line in o.stdout.splitlines()
+                      if line.strip().split(" ", 1)[0] in students and line.rstrip().endswith("MiB)")]
+            executed = execute_only(release_dir, os.path.join(src_dir, notebooks[0]), notebooks[0], len(students),
+                                    args.cell_timeout, env)
+            overhead = (graded, executed)
         learner = os.path.join(root, "submitted", "student000", args.assignment, notebooks[0])
         check_s, c = timed([os.path.join(bindir, "ftlib"), "check", learner, "--release-dir",
                             os.path.join(root, "course"), "--timeout", str(args.cell_timeout)])
@@ -121,7 +178,16 @@ def main(argv=None) -> int:
         print(f"nbgrader autograde (serial):            {serial:7.1f} s  (exit {r.returncode})")
         print(f"ftlib grade --workers {args.workers} (sandboxed):   {parallel:7.1f} s  (exit {rc})")
         print(f"ratio serial / parallel:                {serial / parallel:7.2f}")
+        if dask_s is not None:
+            print(f"ftlib grade --local-cluster --workers {args.workers}: {dask_s:7.1f} s  (exit {d.returncode}); "
+                  f"ratio serial / Dask {serial / dask_s:.2f}")
         print(f"ftlib check, one notebook:              {check_s:7.1f} s  (exit {check_rc})")
+        if overhead is not None:
+            graded, executed = overhead
+            mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+            print(f"per submission, --workers 1: graded {mean(graded):.2f} s ({', '.join(f'{x:.2f}' for x in graded)}); "
+                  f"notebook executed alone {mean(executed):.2f} s ({', '.join(f'{x:.2f}' for x in executed)}); "
+                  f"overhead {mean(graded) - mean(executed):.2f} s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
