@@ -4,6 +4,7 @@
 - `check`: ``check_main(argv)``, a learner's self-check in a fresh process.
 - `grade`: ``grade_main(argv)``, parallel, sandboxed, limited nbgrader autograding.
 - `guard`, `limits`, `sandbox`, `feedback`, `autograde`: the pieces they share.
+- `cluster`: ``ftlib grade --scheduler``, the same grading as Dask tasks (imports Dask).
 
 Importing this package is cheap: no torch, no nbgrader; those load inside the commands.
 """

@@ -10,9 +10,14 @@ contention and a crashed worker cannot corrupt it. A submission that loops, exha
 memory, kills its kernel or is not a notebook gets a status and a zero, never stops the
 batch.
 
+With ``--scheduler tcp://HOST:8786`` (or ``--local-cluster``) the same workers run as
+Dask tasks on a cluster's nodes (`cluster`); this process still writes everything.
+
 Outputs: the gradebook (auto scores and comments), ``autograded/<student>/<assignment>/``
 (the graded notebooks, for formgrader), ``feedback/<student>/<assignment>/<nb>.html``
-(without hidden tests unless ``--include-hidden``) and a CSV with one row per student.
+(without hidden tests unless ``--include-hidden``), a CSV with one row per student
+(grading some students with ``--student`` updates their rows and keeps the others), and
+``grades/logs/<assignment>/<student>.log`` for each submission whose grading failed.
 Submissions are not graded again (unless ``--force``) when nothing that decides their
 grade changed since the last run: their files, the assignment in the gradebook, the
 source folder (notebook, hidden tests, checks module), ftlib's code and the options.
