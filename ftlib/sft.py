@@ -50,6 +50,7 @@ __all__ = [
     "load_adapter",
     "score_choices",
     "classify",
+    "choice_scores",
     "greedy_generate",
     "generate",
     "bf16_is_native",
@@ -341,23 +342,46 @@ def score_choices(model: nn.Module, tokenizer, prompt: str, choices: Sequence[st
         return _sequence_log_probs(model, collate_sft(examples, tokenizer.pad_token_id))
 
 
-def classify(model: nn.Module, tokenizer, prompts: Sequence[str], choices: Sequence[str], *,
-             max_length: int = 256, batch_size: int = 16, bf16: bool = False, progress: bool = False) -> list[int]:
-    """The index of the most likely choice for each prompt (see :func:`score_choices`), batched."""
+def classify(model: nn.Module, tokenizer, prompts: Sequence[str], choices: Sequence[str], **options) -> list[int]:
+    """The index of the most likely choice for each prompt (options: see :func:`choice_scores`)."""
+    return choice_scores(model, tokenizer, prompts, choices, **options).argmax(dim=1).tolist()
+
+
+def choice_scores(model: nn.Module, tokenizer, prompts: Sequence[str], choices: Sequence[str], *,
+                  max_length: int = 256, batch_size: int = 16, bf16: bool = False,
+                  progress: bool = False) -> torch.Tensor:
+    """:func:`score_choices` for many prompts, batched: (len(prompts), len(choices)).
+
+    When every choice is a single token, one forward pass per prompt scores them all
+    (the log-probabilities at the prompt's last position); otherwise each (prompt, choice)
+    pair is a sequence of its own. Both give the scores of :func:`score_choices`.
+    """
     from ftlib.train import _progress
 
-    pairs = [_choice_example(tokenizer, p, c, max_length) for p in prompts for c in choices]
+    first = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    single = all(len(ids) == 1 for ids in first)
+    if single:  # the prompt alone, its last position predicting the choice's token
+        pairs = [_choice_example(tokenizer, p, choices[0], max_length) for p in prompts]
+        for ex in pairs:
+            ex["labels"] = [IGNORE_INDEX] * (len(ex["labels"]) - 2) + [ex["input_ids"][-2], IGNORE_INDEX]
+        choice_ids = torch.tensor([ids[0] for ids in first])
+    else:
+        pairs = [_choice_example(tokenizer, p, c, max_length) for p in prompts for c in choices]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]["input_ids"]))  # less padding
-    scores = torch.empty(len(pairs))
+    scores = torch.empty(len(prompts), len(choices)) if single else torch.empty(len(pairs))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with _eval_mode(model), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for idx in _progress(batches, progress, desc="score"):
             batch = _fit_batch(collate_sft([pairs[i] for i in idx], tokenizer.pad_token_id))
             logits = labelled_logits(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-            picked = torch.log_softmax(logits.float(), -1).gather(1, batch["labels"][:, None]).squeeze(1)  # (N,)
+            log_probs = torch.log_softmax(logits.float(), -1)  # (N, V)
+            if single:
+                scores[idx] = log_probs[:, choice_ids]  # one labelled position per prompt
+                continue
+            picked = log_probs.gather(1, batch["labels"][:, None]).squeeze(1)  # (N,)
             rows = batch["target_mask"].nonzero()[:, 0]  # the sequence of each labelled token
             scores[idx] = torch.zeros(len(idx)).index_add_(0, rows, picked)
-    return scores.view(len(prompts), len(choices)).argmax(dim=1).tolist()
+    return scores.view(len(prompts), len(choices))
 
 
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, *,

@@ -193,3 +193,11 @@ def test_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert sft.bf16_is_native(str(tmp_path / "yes")) and sft.bf16_is_native(str(tmp_path / "amx"))
     assert not sft.bf16_is_native(str(tmp_path / "no"))
     assert not sft.bf16_is_native(str(tmp_path / "missing"))
+
+
+def test_classify_agrees_with_score_choices_on_one_and_several_token_choices(tok, lm):
+    prompts = ["Good?", "Is this fine, or not at all?", "x"]
+    for choices in (["y", "n"], ["yes", "no", "maybe"]):
+        expected = torch.stack([sft.score_choices(lm, tok, p, choices) for p in prompts])
+        assert torch.allclose(sft.choice_scores(lm, tok, prompts, choices, batch_size=2), expected, atol=1e-4)
+        assert sft.classify(lm, tok, prompts, choices) == expected.argmax(1).tolist()
