@@ -13,7 +13,9 @@ One module per step of the course:
 ``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``). The techniques:
 ``ftlib.features`` (feature extraction), ``ftlib.regularization`` (L2-SP, label
 smoothing), ``ftlib.techniques`` (LP-FT, discriminative rates, gradual unfreezing, LoRA...),
-``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``).
+``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``). Your own data:
+``ftlib.userdata`` (a CSV/TSV/JSON Lines file or an image folder); keeping and using the
+model: ``ftlib.saving`` (save, reload, predict).
 Names are imported lazily so ``import ftlib`` stays cheap (no torch until needed).
 """
 from importlib import import_module
@@ -26,6 +28,8 @@ _EXPORTS = {
     "DATASETS": "data", "load_dataset": "data", "split_dataset": "data",
     "stratified_split": "data", "make_loader": "data", "prepare_images": "data", "collate_text": "data",
     "LengthGroupedBatchSampler": "data",
+    "load_data": "userdata", "inspect_data": "userdata", "DataError": "userdata",
+    "save_finetuned": "saving", "load_finetuned": "saving",
     "load_pretrained_weights": "weights", "top_k_classes": "weights", "sanity_check_imagenet": "weights",
     "replace_head": "heads", "set_dropout": "heads",
     "freeze_backbone": "freezing", "freeze_up_to": "freezing", "unfreeze": "freezing",
