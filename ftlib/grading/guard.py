@@ -97,9 +97,13 @@ def restore() -> list[str]:
         for key, value in attrs.items():
             if mod is builtins and key in _VOLATILE_BUILTINS:
                 continue
-            if current.get(key) is not value:
+            now = current.get(key)
+            if now is not value:
                 current[key] = value
-                changed.append(f"{name}.{key}")
+                # A functools.wraps wrapper of the original is a library's doing, not
+                # tampering: importing torch._dynamo wraps torch.manual_seed. Put back all the same.
+                if getattr(now, "__wrapped__", None) is not value:
+                    changed.append(f"{name}.{key}")
         for key, (code, defaults, kwdefaults) in funcs.items():
             fn = attrs[key]
             if fn.__code__ is not code or fn.__defaults__ is not defaults or fn.__kwdefaults__ is not kwdefaults:

@@ -80,6 +80,18 @@ def test_guard_restores_torch_numpy_and_checks():
     assert guard.restore() == []
 
 
+def test_guard_does_not_call_a_library_wrapper_tampering():
+    torch = pytest.importorskip("torch")
+
+    guard.install(guard.watched_for(["torch"]))
+    real = torch.manual_seed
+    import torch._dynamo  # noqa: F401  wraps torch.manual_seed with functools.wraps
+    torch.manual_seed = torch._disable_dynamo(real)
+    assert guard.restore() == [] and torch.manual_seed is real
+    torch.manual_seed = lambda seed: None  # a learner's replacement is still reported
+    assert guard.restore() == ["torch.manual_seed"] and torch.manual_seed is real
+
+
 @pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29),
                                             (None, None), ("none", None), (1024, 1024)])
 def test_parse_memory(text, expected):
