@@ -280,7 +280,10 @@ def _log_tail(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:])[-300:]
 
 
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+# "ValueError: ...", or the interpreter's "python: Error while finding module specification
+# for 'ftlib.grading._kernel' (ModuleNotFoundError: No module named 'ftlib')".
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$"
+                             r"|\(([A-Za-z_][\w.]*Error): (.+)\)$")
 _KERNEL_DIED = ("Kernel died before replying to kernel_info", "Kernel didn't respond", "kernel died before")
 
 
@@ -292,7 +295,12 @@ def underlying_error(log_text: str) -> str:
     otherwise the last exception line of the log.
     """
     lines = [ln.strip() for ln in log_text.splitlines()]
-    errors = [(i, ln) for i, ln in enumerate(lines) if _EXCEPTION_LINE.match(ln)]
+    errors = []
+    for i, ln in enumerate(lines):
+        m = _EXCEPTION_LINE.search(ln)
+        if m:
+            name, text = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+            errors.append((i, f"{name}: {text}"))
     died = next((i for i, ln in enumerate(lines) if any(k in ln for k in _KERNEL_DIED)), None)
     if died is not None:
         before = [ln for i, ln in errors if i < died]

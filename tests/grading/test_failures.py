@@ -63,3 +63,7 @@ def test_underlying_error_reads_a_worker_log():
            "Kernel died before replying to kernel_info\n"
            "RuntimeError: Kernel died before replying to kernel_info\n")
     assert underlying_error(log) == "the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'"
+    log = ("/usr/bin/python3: Error while finding module specification for 'ftlib.grading._kernel' "
+           "(ModuleNotFoundError: No module named 'ftlib')\n"
+           "traitlets ERROR Error occurred while starting new kernel client: Kernel died before replying to kernel_info\n")
+    assert underlying_error(log) == "the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'"
