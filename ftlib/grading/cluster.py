@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import socket
-import tempfile
+import uuid
 from typing import Any, Iterator
 
 __all__ = ["grade_on_cluster", "grade_task", "bundle_assignment", "portable_job"]
@@ -147,10 +147,10 @@ def grade_on_cluster(jobs: list[dict[str, Any]], *, scheduler: str, workers: int
         log(f"Dask cluster at {client.scheduler.address}: {len(info.get('workers', {}))} worker(s), "
             f"{threads} thread(s).")
         bundle = client.scatter(bundle_assignment(template_db, support_dir), broadcast=True)
-        futures = {}
+        futures, batch = {}, uuid.uuid4().hex[:8]  # keys unique to this run: a scheduler outlives it
         for job in jobs:
             future = client.submit(grade_task, portable_job(job, use_sandbox), bundle, pure=False,
-                                   key=f"ftlib-grade-{job['hash'][:16]}-{len(futures)}")
+                                   key=f"ftlib-grade-{batch}-{len(futures)}")
             futures[future] = job
         for future in as_completed(futures):
             try:
