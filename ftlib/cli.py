@@ -48,7 +48,29 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _cmd_inspect(args) -> int:
+    from ftlib.userdata import inspect_data
+
+    report = inspect_data(args.inspect, text_column=args.text_column, label_column=args.label_column,
+                          group_column=args.group_column)
+    print(f"{args.inspect}: {report['task']} classification, {report['examples']:,} examples"
+          + (f", {report['duplicates']:,} duplicates (removed before splitting)" if report["duplicates"] else ""))
+    if "columns" in report:
+        print(f"columns: {', '.join(report['columns'])}" + (f"; {report['groups']:,} groups" if "groups" in report else ""))
+    else:
+        print(f"images resized to {report['image_size'][0]}x{report['image_size'][1]} when read, colour kept")
+    print(_table([[name, f"{count:,}"] for name, count in report["classes"].items()], ["class", "examples"]))
+    s = report["splits"]
+    print(f"splits (deduplicated, stratified{', grouped' if 'groups' in report else ''}): about train {s['train']:,} / "
+          f"validation {s['validation']:,} / test {s['test']:,}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
 def _cmd_datasets(args) -> int:
+    if args.inspect:
+        return _cmd_inspect(args)
     import importlib.util
 
     from ftlib.data import DATASETS, FASHION_MNIST_DIR
@@ -154,7 +176,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ftlib", description="Fine-tune pretrained models, offline on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     sub.add_parser("models", help="list the registered pretrained models").set_defaults(func=_cmd_models)
-    sub.add_parser("datasets", help="list the registered data sets").set_defaults(func=_cmd_datasets)
+    ds = sub.add_parser("datasets", help="list the registered data sets, or --inspect your own file or folder")
+    ds.add_argument("--inspect", metavar="PATH",
+                    help="a CSV/TSV/JSON Lines file of texts and labels, or a folder of images per class")
+    ds.add_argument("--text-column", help="with --inspect: the column of texts (default: found by name)")
+    ds.add_argument("--label-column", help="with --inspect: the column of labels (default: found by name)")
+    ds.add_argument("--group-column", help="with --inspect: rows of one group stay in one split")
+    ds.set_defaults(func=_cmd_datasets)
 
     ft = sub.add_parser("finetune", help="run the seven steps end to end (default: MiniLM on Rotten Tomatoes)")
     ft.add_argument("--task", choices=["text", "image"], default="text")
@@ -265,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, MissingDatasetError, ImportError) as err:
+    except (ValueError, MissingDatasetError, ImportError) as err:  # ftlib.userdata.DataError too
         print(f"ftlib {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -100,3 +100,16 @@ def test_python_m_ftlib_is_the_command_and_the_version_is_written_once():
     r = subprocess.run([sys.executable, "-m", "ftlib", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "finetune" in r.stdout and "grade" in r.stdout
     assert version("ftlib") == ftlib.__version__
+
+
+def test_datasets_inspect_shows_what_own_data_would_give(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    rows = [("great film", "pos"), ("awful", "neg"), ("loved it", "pos"), ("boring", "neg")] * 5
+    path.write_text("review\tstars\n" + "".join(f"{t} {i}\t{y}\n" for i, (t, y) in enumerate(rows)))
+    r = run_cli("datasets", "--inspect", str(path), "--label-column", "stars")
+    assert r.returncode == 0, r.stderr
+    assert "text classification, 20 examples" in r.stdout and "columns: review, stars" in r.stdout
+    assert "neg    10" in r.stdout and "about train 14 / validation 2 / test 4" in r.stdout
+    bad = run_cli("datasets", "--inspect", str(path))  # "stars" is not a label name it knows
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "No label column" in bad.stderr and "--label-column" in bad.stderr
