@@ -108,6 +108,59 @@ def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
     return options
 
 
+def _predict_inputs(args, task: str) -> list:
+    from pathlib import Path
+
+    from ftlib.userdata import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_texts
+
+    if args.file:
+        path = Path(args.file)
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            return read_texts(path, text_column=args.column)
+        if not path.is_file():
+            raise ValueError(f"No such file: {path}.")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = list(args.inputs)
+    paths = [Path(i) for i in items]
+    looks_like_images = [p for p in paths if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES]
+    if task == "text":
+        if looks_like_images and len(looks_like_images) == len(items):
+            raise ValueError("This is a text model: give it texts (quoted), or --file with one text per line; "
+                             f"{items[0]!r} looks like an image.")
+        return items
+    images = []
+    for p in paths:
+        if p.is_dir():
+            images += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            images.append(str(p))
+        else:
+            raise ValueError(f"This is an image model: give it image files or folders; {str(p)!r} is neither.")
+    if not images:
+        raise ValueError("No image files found in the folders given.")
+    return images
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from ftlib.saving import load_finetuned, read_manifest
+
+    inputs = _predict_inputs(args, read_manifest(args.model)["task"])  # before loading any weights
+    if not inputs:
+        raise ValueError("Nothing to predict: give texts or image files after the model, or --file.")
+    model = load_finetuned(args.model)
+    results = model.predict(inputs, top_k=args.top_k)
+    for item, result in zip(inputs, results):
+        if args.json:
+            print(json.dumps({"input": item, **result}, ensure_ascii=False))
+            continue
+        shown = item if len(item) <= 60 else item[:57] + "..."
+        others = "  ".join(f"{label} {p:.3f}" for label, p in result["top_k"][1:])
+        print(f"{result['label']:>12s} {result['probability']:.3f}  {shown}" + (f"   ({others})" if others else ""))
+    return 0
+
+
 def _cmd_finetune(args) -> int:
     from ftlib.pipeline import FinetuneConfig, finetune
 
@@ -226,6 +279,14 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--progress", action="store_true", help="progress bars inside each run")
     _add_technique_flags(cmp)
     cmp.set_defaults(func=_cmd_compare)
+    pr = sub.add_parser("predict", help="predict with a fine-tuned model: texts, a file of texts, or images")
+    pr.add_argument("model", help="a run folder of `ftlib finetune` or the model folder inside it")
+    pr.add_argument("inputs", nargs="*", help="texts (quoted) or image files / folders")
+    pr.add_argument("--file", help="texts to predict: one per line, or a CSV/TSV/JSON Lines column")
+    pr.add_argument("--column", help="with a table --file: its text column (default: found by name)")
+    pr.add_argument("--top-k", type=_positive_int, default=1, help="also show the next most likely classes")
+    pr.add_argument("--json", action="store_true", help="one JSON object per input")
+    pr.set_defaults(func=_cmd_predict)
     # Listed here for --help; main() hands them their arguments before this parser runs.
     sub.add_parser("check", add_help=False,
                    help="check your answers in a course notebook in a fresh process (`ftlib check --help`)")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["save_finetuned", "load_finetuned", "Finetuned", "MANIFEST"]
+__all__ = ["save_finetuned", "load_finetuned", "read_manifest", "model_folder", "Finetuned", "MANIFEST"]
 
 MANIFEST = "ftlib.json"
 
@@ -133,24 +133,40 @@ def _read_image(item, size: int) -> np.ndarray:
         raise ValueError(f"{item}: not an image this model can read ({type(err).__name__}).") from None
 
 
-def load_finetuned(path) -> Finetuned:
-    """Reload a folder written by :func:`save_finetuned` (or a run folder holding ``model/``)."""
-    from ftlib.models import load_model
-
+def model_folder(path) -> Path:
+    """The folder holding ``ftlib.json``: ``path`` itself or the ``model/`` of a run folder."""
     folder = Path(path)
     if (folder / "model" / MANIFEST).is_file():  # a run folder
         folder = folder / "model"
     if not (folder / MANIFEST).is_file():
         raise ValueError(f"{path} holds no saved model ({MANIFEST} not found); give a run folder of "
                          "`ftlib finetune` or the model folder inside it.")
-    manifest = json.loads((folder / MANIFEST).read_text())
+    return folder
+
+
+def read_manifest(path) -> dict:
+    """What a saved model is (task, classes, preprocessing), without loading its weights."""
+    return json.loads((model_folder(path) / MANIFEST).read_text())
+
+
+def load_finetuned(path) -> Finetuned:
+    """Reload a folder written by :func:`save_finetuned` (or a run folder holding ``model/``)."""
+    from ftlib.models import load_model
+
+    folder = model_folder(path)
+    manifest = read_manifest(folder)
     names = manifest["class_names"]
     if manifest["task"] == "text":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if "weights" in manifest:
-            model = AutoModelForSequenceClassification.from_pretrained(folder)
+            hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(folder)
+            finally:
+                hf_logging.enable_progress_bar()
         else:  # the adapter alone, on the registry's base model
             from peft import PeftModel
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ftlib.data import TaskData, deduplicate
 
-__all__ = ["DataError", "load_data", "load_table", "load_image_folder", "inspect_data",
+__all__ = ["DataError", "load_data", "load_table", "read_texts", "load_image_folder", "inspect_data",
            "TEXT_COLUMNS", "LABEL_COLUMNS", "IMAGE_SUFFIXES"]
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "body", "comment", "message", "tweet")
@@ -145,6 +145,18 @@ def load_table(path, *, text_column: str | None = None, label_column: str | None
     groups = (np.array([str(r[group_col]) if _present(r.get(group_col)) else f"\0row {i}" for i, r in enumerate(kept)])
               if group_col else None)
     return TaskData(name or path.stem, "text", [str(r[text_col]).strip() for r in kept], labels, names, groups)
+
+
+def read_texts(path, *, text_column: str | None = None) -> list[str]:
+    """The texts of a CSV/TSV/JSON Lines file's text column (labels not needed): for predicting."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"No such file: {path}.")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: expected a .csv, .tsv or .jsonl file; got {path.suffix or 'no extension'}.")
+    columns, rows = _rows(path)
+    column = _column(columns, text_column, TEXT_COLUMNS, "text", "--column", path)
+    return [str(r[column]).strip() for r in rows if _present(r.get(column))]
 
 
 def load_image_folder(path, *, size: int = 128, name: str | None = None) -> TaskData:

@@ -84,3 +84,40 @@ def test_image_model_reloads_and_predicts_image_files(tmp_path):
 def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="holds no saved model"):
         load_finetuned(tmp_path)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ftlib.cli", "predict", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_ftlib_predict_on_texts_a_file_and_as_json(text_folder, tmp_path):
+    folder, want = text_folder
+    labels = [["rotten", "fresh"][i] for i in want.argmax(1)]
+    r = _cli(folder, TEXTS[0], TEXTS[1], "--top-k", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == labels[:2] and TEXTS[0] in lines[0] and "(" in lines[0]
+    table = tmp_path / "new.csv"
+    table.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS)))
+    r = _cli(folder, "--file", table, "--json")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["input"] for row in rows] == TEXTS and [row["label"] for row in rows] == labels
+    np.testing.assert_allclose([row["probability"] for row in rows], want.max(1), atol=1e-6)
+
+
+def test_ftlib_predict_refuses_the_wrong_modality(text_folder, tmp_path):
+    folder, _ = text_folder
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    r = _cli(folder, image)
+    assert r.returncode == 2 and "This is a text model" in r.stderr and r.stderr.count("\n") == 1
+    torch.manual_seed(0)
+    image_folder = save_finetuned(load_model("tiny-cnn", num_classes=2), tmp_path / "img", model_name="tiny-cnn",
+                                  class_names=["a", "b"], image_size=32)
+    r = _cli(image_folder, "a sentence, not an image")
+    assert r.returncode == 2 and "This is an image model" in r.stderr
+    r = _cli(image_folder, tmp_path, "--json")  # a folder of images
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0])["input"] == str(image)
+    r = _cli(tmp_path / "nothing-here", "text")
+    assert r.returncode == 2 and "holds no saved model" in r.stderr
