@@ -40,6 +40,8 @@ BENCHES = [
           "main job and image job: test accuracy, wall time, peak memory"),
     Bench("loop", (PY, "bench/foundation/bench_loop.py", "--steps", "15", "--rounds", "3"), 4,
           "training-loop overhead: fit vs a bare loop vs the Trainer"),
+    Bench("predict", (PY, "bench/foundation/bench_predict.py"), 2,
+          "`ftlib predict`: start-up of one call, texts per second on 1,000 texts"),
     Bench("check", (PY, "bench/course/bench_check.py"), 3,
           "`ftlib check` wall time per course notebook"),
     Bench("grading", (PY, "bench/grading/bench_grade.py", "-n", "20", "--workers", "2"), 2,
