@@ -128,7 +128,9 @@ def test_adamw_is_fused_on_cpu_and_matches_the_default_implementation():
             opt.zero_grad()
             model(x).logsumexp(dim=1).mean().backward()
             opt.step()
+    # float32 rounding: on an AVX-512 CPU the two kernels differ by up to 1.5e-6 after three
+    # steps; a wrong weight decay or learning rate differs by 1e-2.
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} differs")
     changed = [not torch.equal(a, b) for a, b in zip(model_a.parameters(), load_model("tiny-cnn", 3).parameters())]
     assert any(changed)
