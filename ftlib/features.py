@@ -293,4 +293,4 @@ class ProbeModel(nn.Module):
         proba = self.classifier.predict_proba(X)  # (B, classes seen in training)
         out = np.full((len(X), self.num_classes), -1e9, dtype=np.float32)
         out[:, np.asarray(self.classifier.classes_, dtype=np.int64)] = np.log(np.clip(proba, 1e-12, None))
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).to(next(self.backbone.parameters()).device)  # beside the labels

@@ -205,7 +205,7 @@ def lr_range_test(
     of the steepest descent of the smoothed loss, a common starting point (a rate a
     few times below the minimum of the curve).
     """
-    from ftlib.train import logits_and_labels
+    from ftlib.train import _to, logits_and_labels
 
     _check_positive("start_lr", start_lr)
     _check_positive("end_lr", end_lr)
@@ -222,12 +222,14 @@ def lr_range_test(
     lrs, losses = [], []
     smoothed, best = None, math.inf
     model.train()
+    device = next(model.parameters()).device
     try:
         step = 0
         while step < num_steps:
             for batch in loader:
                 if step >= num_steps:
                     break
+                batch = _to(batch, device)  # the model's device, as fit does
                 lr = start_lr * gamma**step
                 for group in optimizer.param_groups:
                     group["lr"] = lr

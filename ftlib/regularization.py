@@ -119,8 +119,25 @@ def l2sp(model: nn.Module, alpha: float = 0.01) -> Callable[[nn.Module], torch.T
     >>> # fit(model, train_loader, val_loader, penalty=penalty, weight_decay=0.0)
     """
     _check_alpha(alpha)
-    state = backbone_state(model)
-    return lambda m: l2sp_penalty(m, state, alpha)
+    return _L2SPPenalty(backbone_state(model), alpha)
+
+
+class _L2SPPenalty:
+    """What :func:`l2sp` returns: ``w0`` moves to the training device once, not every step.
+
+    The snapshot is taken where the model was loaded (the CPU); ``fit`` then moves the
+    model to its device, and copying ``w0`` there at every step would cost a host-to-GPU
+    transfer of the whole backbone per batch.
+    """
+
+    def __init__(self, state: dict, alpha: float) -> None:
+        self.state_, self.alpha = state, alpha
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        device = next(model.parameters()).device
+        if next(iter(self.state_.values())).device != device:
+            self.state_ = {k: v.to(device) for k, v in self.state_.items()}
+        return l2sp_penalty(model, self.state_, self.alpha)
 
 
 @torch.no_grad()
