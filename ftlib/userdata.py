@@ -246,3 +246,48 @@ def inspect_data(path, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
         for reason, k in report["skipped"].items():
             report["warnings"].append(f"{k} file(s) skipped: {reason}")
     return report
+
+
+def _aligned(data: TaskData, class_names: list[str], path) -> TaskData:
+    """``data`` with its labels renumbered to ``class_names`` (the training file's classes)."""
+    unknown = sorted(set(data.class_names) - set(class_names))
+    if unknown:
+        raise DataError(f"{path} has classes the training data lacks: {', '.join(map(repr, unknown))}; the model "
+                        f"can only learn {', '.join(map(repr, class_names))}.")
+    index = np.array([class_names.index(name) for name in data.class_names], dtype=np.int64)
+    return TaskData(data.name, data.task, data.inputs, index[data.labels], list(class_names), data.groups)
+
+
+def _concat(a: TaskData, b: TaskData) -> TaskData:
+    inputs = a.inputs + b.inputs if isinstance(a.inputs, list) else np.concatenate([a.inputs, b.inputs])
+    groups = None if a.groups is None or b.groups is None else np.concatenate([a.groups, b.groups])
+    return TaskData(a.name, a.task, inputs, np.concatenate([a.labels, b.labels]), a.class_names, groups)
+
+
+def load_splits(path, *, val_path=None, test_path=None, seed: int = 0, train_size: int | None = None,
+                val_size: int | None = None, test_size: int | None = None, **options):
+    """``(data, Splits)`` for a user's own data, with optional separate validation / test files.
+
+    Without them: the same deduplicated, stratified (and grouped) seeded split as the
+    registered data sets. With them: those files are the validation / test sets (classes
+    matched to the training file's by name), the training file's share that they replace
+    trains too, and any training example that also appears in them is dropped (it would
+    leak). ``None`` sizes keep whole splits.
+    """
+    from ftlib.data import Splits, _fingerprint, balanced_subset, split_dataset
+
+    data = load_data(path, **options)
+    if val_path is None and test_path is None:
+        return data, split_dataset(data, train_size=train_size, val_size=val_size, test_size=test_size, seed=seed)
+    given = {key: _aligned(deduplicate(load_data(p, **options)), data.class_names, p)
+             for key, p in (("val", val_path), ("test", test_path)) if p is not None}
+    whole = split_dataset(data, train_size=None, val_size=None, test_size=None, seed=seed)
+    train = whole.train
+    for key in ("val", "test"):
+        if key in given:
+            train = _concat(train, getattr(whole, key))
+    held_out = {_fingerprint(x) for d in given.values() for x in d.inputs}
+    train = train.subset(np.array([i for i, x in enumerate(train.inputs) if _fingerprint(x) not in held_out]))
+    if train_size is not None:
+        train = train.subset(balanced_subset(train.labels, min(train_size, len(train)), seed))
+    return data, Splits(train, given.get("val", whole.val), given.get("test", whole.test))

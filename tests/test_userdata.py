@@ -110,3 +110,24 @@ def test_bad_input_is_one_clear_line(tmp_path, make, options, message):
         load_data(path, **options)
     assert "\n" not in str(info.value)
     assert (_digest(path) if path.exists() else None) == before
+
+
+def test_separate_validation_and_test_files(tmp_path):
+    from ftlib.userdata import load_splits
+
+    train_rows = [(f"{t} ({i})", y) for i, (t, y) in enumerate(REVIEWS)]
+    train = _csv(tmp_path, train_rows, name="train.csv")
+    # The test file names its classes in another order and shares one review with training.
+    test = _csv(tmp_path, [("an unseen great one", "pos"), ("an unseen bad one", "neg"), train_rows[0]],
+                name="test.csv")
+    data, splits = load_splits(train, test_path=test, seed=0)
+    assert splits.test.class_names == data.class_names == ["neg", "pos"]
+    assert [data.class_names[y] for y in splits.test.labels] == ["pos", "neg", "pos"]
+    assert train_rows[0][0] not in splits.train.inputs  # it is a test example now: no leak
+    assert len(splits.train) + len(splits.val) == len(train_rows) - 1  # the rest all trains or validates
+    val = _csv(tmp_path, [("fine", "pos"), ("poor", "neg")], name="val.csv")
+    _, both = load_splits(train, val_path=val, test_path=test, seed=0)
+    assert len(both.val) == 2 and len(both.train) == len(train_rows) - 1
+    odd = _csv(tmp_path, [("what", "maybe")] * 2 + [("x", "pos")], name="odd.csv")
+    with pytest.raises(DataError, match="classes the training data lacks: 'maybe'"):
+        load_splits(train, test_path=odd)
