@@ -608,3 +608,223 @@ WRONG = {
     "l2sp_penalty": [("head included", l2sp_with_head), ("distance to zero", l2sp_to_zero),
                      ("no factor 1/2", l2sp_no_half), ("detached", l2sp_detached)],
 }
+
+
+# 09 llm_finetuning ---------------------------------------------------------------------------
+# Each is a real mistake from the trl / peft / transformers issue trackers (see the checks).
+def _sft():
+    from ftlib import sft
+
+    return sft
+
+
+def _prompt_tokens(tokenizer, prompt, messages=None):
+    sft = _sft()
+    text = tokenizer.apply_chat_template(messages or sft.chat_messages(prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _answer_tokens(tokenizer, completion):
+    return tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def sft_loss_on_prompt(tokenizer, prompt, completion, max_length):
+    ids = (_prompt_tokens(tokenizer, prompt) + _answer_tokens(tokenizer, completion))[-max_length:]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
+
+
+def sft_no_end_of_turn(tokenizer, prompt, completion, max_length):
+    answer = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    context = _prompt_tokens(tokenizer, prompt)[-(max_length - len(answer)):]
+    return {"input_ids": context + answer, "attention_mask": [1] * (len(context) + len(answer)),
+            "labels": [-100] * len(context) + answer}
+
+
+def sft_end_of_turn_masked(tokenizer, prompt, completion, max_length):
+    example = _sft().build_sft_example(tokenizer, prompt, completion, max_length)
+    example["labels"][-1] = -100
+    return example
+
+
+def sft_cuts_the_completion(tokenizer, prompt, completion, max_length):
+    context, answer = _prompt_tokens(tokenizer, prompt), _answer_tokens(tokenizer, completion)
+    ids = (context + answer)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids),
+            "labels": ([-100] * len(context) + answer)[:max_length]}
+
+
+def sft_default_system_prompt(tokenizer, prompt, completion, max_length):
+    answer = _answer_tokens(tokenizer, completion)
+    context = _prompt_tokens(tokenizer, prompt, [{"role": "user", "content": prompt}])[-(max_length - len(answer)):]
+    return {"input_ids": context + answer, "attention_mask": [1] * (len(context) + len(answer)),
+            "labels": [-100] * len(context) + answer}
+
+
+def sft_no_template(tokenizer, prompt, completion, max_length):
+    answer = _answer_tokens(tokenizer, completion)
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"][-(max_length - len(answer)):]
+    return {"input_ids": context + answer, "attention_mask": [1] * (len(context) + len(answer)),
+            "labels": [-100] * len(context) + answer}
+
+
+def _pad(rows, value, left=False):
+    width = max(len(r) for r in rows)
+    return torch.tensor([[value] * (width - len(r)) + list(r) if left else list(r) + [value] * (width - len(r))
+                         for r in rows])
+
+
+def collate_left_padding(examples, pad_token_id):
+    return {"input_ids": _pad([e["input_ids"] for e in examples], pad_token_id, left=True),
+            "attention_mask": _pad([e["attention_mask"] for e in examples], 0, left=True),
+            "labels": _pad([e["labels"] for e in examples], -100, left=True)}
+
+
+def collate_masks_pad_token_id(examples, pad_token_id):
+    input_ids = _pad([e["input_ids"] for e in examples], pad_token_id)
+    labels = input_ids.masked_fill(_pad([e["labels"] for e in examples], -100) == -100, -100)
+    labels[input_ids == pad_token_id] = -100  # also masks every real end-of-turn token
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_token_id).long(), "labels": labels}
+
+
+def collate_pads_labels_with_pad_id(examples, pad_token_id):
+    return {"input_ids": _pad([e["input_ids"] for e in examples], pad_token_id),
+            "attention_mask": _pad([e["attention_mask"] for e in examples], 0),
+            "labels": _pad([e["labels"] for e in examples], pad_token_id)}
+
+
+def collate_attends_to_padding(examples, pad_token_id):
+    batch = _sft().collate_sft(examples, pad_token_id)
+    batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+    return batch
+
+
+def loss_not_shifted(logits, labels):
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def loss_shifted_twice(logits, labels):
+    labels = labels[:, 1:]  # "shift the labels" ...
+    return F.cross_entropy(logits[:, :-2].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)  # ... again
+
+
+def loss_counts_ignored_positions(logits, labels):
+    per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
+                                reduction="none")
+    return per_token.mean()  # divides by every position, padding and prompt included
+
+
+def loss_per_sequence_mean(logits, labels):
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+    counts = (labels[:, 1:] != -100).sum(1).clamp(min=1)
+    return (per_token.sum(1) / counts).mean()
+
+
+def _scores(model, tokenizer, prompt, choices, *, with_eot=False, reduce="sum"):
+    sft = _sft()
+    out = []
+    for choice in choices:
+        ex = sft.build_sft_example(tokenizer, prompt, choice, 10**9)
+        ids = torch.tensor([ex["input_ids"]])
+        labels = torch.tensor(ex["labels"][1:])
+        if not with_eot:
+            labels[-1] = -100
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+        picked = log_probs[torch.arange(len(labels)), labels.clamp(min=0)][labels != -100]
+        out.append(picked.sum() if reduce == "sum" else picked.mean())
+    return torch.stack(out)
+
+
+def score_in_train_mode(model, tokenizer, prompt, choices):
+    with torch.no_grad():
+        return _scores(model, tokenizer, prompt, choices)
+
+
+def score_with_grad(model, tokenizer, prompt, choices):
+    was = model.training
+    model.eval()
+    scores = _scores(model, tokenizer, prompt, choices).detach()
+    model.train(was)
+    return scores
+
+
+def score_leaves_eval_mode(model, tokenizer, prompt, choices):
+    model.eval()
+    with torch.no_grad():
+        return _scores(model, tokenizer, prompt, choices)
+
+
+def score_includes_end_of_turn(model, tokenizer, prompt, choices):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        scores = _scores(model, tokenizer, prompt, choices, with_eot=True)
+    model.train(was)
+    return scores
+
+
+def score_mean_not_sum(model, tokenizer, prompt, choices):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        scores = _scores(model, tokenizer, prompt, choices, reduce="mean")
+    model.train(was)
+    return scores
+
+
+def _generate(model, tokenizer, prompt, max_new_tokens, *, stop=True, strip_prompt=True, skip_special=True):
+    ids = torch.tensor([_prompt_tokens(tokenizer, prompt)])
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        options = {"eos_token_id": tokenizer.eos_token_id} if stop else {"eos_token_id": None}
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, **options)
+    model.train(was)
+    tokens = out[0, ids.shape[1]:] if strip_prompt else out[0]
+    return tokenizer.decode(tokens, skip_special_tokens=skip_special)
+
+
+def generate_never_stops(model, tokenizer, prompt, max_new_tokens):
+    return _generate(model, tokenizer, prompt, max_new_tokens, stop=False, skip_special=True)
+
+
+def generate_returns_the_prompt(model, tokenizer, prompt, max_new_tokens):
+    return _generate(model, tokenizer, prompt, max_new_tokens, strip_prompt=False)
+
+
+def generate_keeps_special_tokens(model, tokenizer, prompt, max_new_tokens):
+    return _generate(model, tokenizer, prompt, max_new_tokens, skip_special=False)
+
+
+def generate_without_template(model, tokenizer, prompt, max_new_tokens):
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+WRONG_LLM = {
+    "build_sft_example": [("loss on the prompt", sft_loss_on_prompt), ("no end-of-turn token", sft_no_end_of_turn),
+                          ("end of turn masked out", sft_end_of_turn_masked),
+                          ("truncation cuts the completion", sft_cuts_the_completion),
+                          ("the template's default system prompt", sft_default_system_prompt),
+                          ("no chat template", sft_no_template)],
+    "collate_sft": [("left padding during training", collate_left_padding),
+                    ("masks by pad token id (and so the end of turn)", collate_masks_pad_token_id),
+                    ("labels padded with the pad id", collate_pads_labels_with_pad_id),
+                    ("attention on padding", collate_attends_to_padding)],
+    "causal_lm_loss": [("labels not shifted", loss_not_shifted), ("labels shifted twice", loss_shifted_twice),
+                       ("padding and prompt counted in the mean", loss_counts_ignored_positions),
+                       ("mean of per-sequence means", loss_per_sequence_mean)],
+    "score_choices": [("scores in train mode", score_in_train_mode), ("records gradients", score_with_grad),
+                      ("leaves the model in eval mode", score_leaves_eval_mode),
+                      ("scores the end of turn too", score_includes_end_of_turn),
+                      ("mean instead of sum", score_mean_not_sum)],
+    "greedy_generate": [("never stops at the end of turn", generate_never_stops),
+                        ("returns the prompt too", generate_returns_the_prompt),
+                        ("keeps special tokens", generate_keeps_special_tokens),
+                        ("no chat template", generate_without_template)],
+}
