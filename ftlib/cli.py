@@ -164,12 +164,14 @@ def _cmd_predict(args) -> int:
 def _cmd_finetune(args) -> int:
     from ftlib.pipeline import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(task=args.task, model=args.model, dataset=args.dataset, technique=args.technique,
+    task = args.task.replace("-", " ")  # "text-generation" on the command line
+    cfg = FinetuneConfig(task=task, model=args.model, dataset=args.dataset, technique=args.technique,
                          train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          image_size=args.image_size, max_length=args.max_length, out=args.out,
                          allow_download=args.allow_download, progress=not args.quiet,
-                         technique_options=_technique_options(args, [args.technique]).get(args.technique, {}))
+                         precision=args.precision).resolved()
+    cfg.technique_options = _technique_options(args, [cfg.technique]).get(cfg.technique, {})
     finetune(cfg)
     return 0
 
@@ -209,7 +211,7 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=_non_negative_float, help="l2sp: penalty strength (default 0.01)")
     parser.add_argument("--layer-decay", type=_positive_float,
                         help="discriminative: lr factor per block going down (default 0.95)")
-    parser.add_argument("--lora-rank", type=_positive_int, help="lora: adapter rank r (default 8)")
+    parser.add_argument("--lora-rank", type=_positive_int, help="lora: adapter rank r (default 8; 16 for generative models)")
 
 
 # The names of ftlib.techniques.TECHNIQUES, written out so that parsing options (and
@@ -238,19 +240,23 @@ def _build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=_cmd_datasets)
 
     ft = sub.add_parser("finetune", help="run the seven steps end to end (default: MiniLM on Rotten Tomatoes)")
-    ft.add_argument("--task", choices=["text", "image"], default="text")
+    ft.add_argument("--task", choices=["text", "image", "text-generation"], default="text",
+                    help="text-generation is implied by a generative --model such as smollm2-135m")
     ft.add_argument("--model", help="registered model name or, with --allow-download, a Hugging Face id")
     ft.add_argument("--dataset", help="registered data set (see `ftlib datasets`)")
-    ft.add_argument("--technique", choices=sorted(TECHNIQUE_NAMES), default="full")
+    ft.add_argument("--technique", choices=sorted(TECHNIQUE_NAMES),
+                    help="default: full (lora for generative models; they accept lora and full)")
     ft.add_argument("--train-size", type=_positive_int)
     ft.add_argument("--val-size", type=_positive_int)
     ft.add_argument("--test-size", type=_positive_int)
     ft.add_argument("--epochs", type=_positive_int)
     ft.add_argument("--lr", type=_positive_float)
-    ft.add_argument("--batch-size", type=_positive_int, default=32)
+    ft.add_argument("--batch-size", type=_positive_int, help="default 32 (4 for generative models)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--image-size", type=_positive_int, help="multiple of 32 (default 96)")
-    ft.add_argument("--max-length", type=_positive_int, default=64, help="tokens per text (default 64)")
+    ft.add_argument("--max-length", type=_positive_int, help="tokens per text (default 64; 128 for generative models)")
+    ft.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="generative models: bf16 autocast where the CPU has native bf16 (auto), or forced")
     ft.add_argument("--out", help="output folder (default: runs/<time>-<model>-<dataset>-<technique>)")
     ft.add_argument("--allow-download", action="store_true", help="allow Hugging Face model ids (needs internet)")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")

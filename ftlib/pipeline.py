@@ -21,8 +21,14 @@ from typing import Callable
 __all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
 
 TASK_DEFAULTS = {
-    "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "epochs": 3, "lr": 1e-4},
-    "image": {"model": "efficientnet-lite0", "dataset": "fashion-mnist", "epochs": 3, "lr": 1e-3},
+    "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "technique": "full", "epochs": 3, "lr": 1e-4,
+             "batch_size": 32, "max_length": 64},
+    "image": {"model": "efficientnet-lite0", "dataset": "fashion-mnist", "technique": "full", "epochs": 3,
+              "lr": 1e-3, "batch_size": 32, "max_length": 64},
+    # A generative model answering instructions (ftlib.pipeline_llm); lr is LoRA's.
+    "text generation": {"model": "smollm2-135m", "dataset": "rotten-tomatoes", "technique": "lora", "epochs": 1,
+                        "lr": 2e-4, "batch_size": 4, "max_length": 128, "train_size": 512, "val_size": 100,
+                        "test_size": 500},
 }
 
 
@@ -33,20 +39,21 @@ class FinetuneConfig:
     task: str = "text"
     model: str | None = None
     dataset: str | None = None
-    technique: str = "full"
+    technique: str | None = None
     train_size: int | None = None
     val_size: int | None = None
     test_size: int | None = None
     epochs: int | None = None
     lr: float | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     seed: int = 0
-    max_length: int = 64
+    max_length: int | None = None
     image_size: int | None = None
     out: str | None = None
     allow_download: bool = False
     progress: bool = True
     technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
+    precision: str = "auto"  # generative models: "auto" (bf16 where the CPU has it natively), "bf16", "fp32"
 
     def resolved(self) -> "FinetuneConfig":
         """Fill in defaults and validate every field, with messages naming the option."""
@@ -56,14 +63,20 @@ class FinetuneConfig:
         if self.task not in TASK_DEFAULTS:
             raise ValueError(f"--task must be one of {sorted(TASK_DEFAULTS)}; got {self.task!r}.")
         values = asdict(self)
-        for key, default in TASK_DEFAULTS[self.task].items():
+        if self.model is not None and self.task == "text":  # a generative model implies its task
+            task = get_model_spec(self.model, allow_download=self.allow_download).task
+            values["task"] = "text generation" if task == "text generation" else self.task
+        for key, default in TASK_DEFAULTS[values["task"]].items():
             if values[key] is None:
                 values[key] = default
         cfg = FinetuneConfig(**values)
-        spec = get_model_spec(cfg.model, allow_download=cfg.allow_download)
+        spec = get_model_spec(cfg.model, allow_download=cfg.allow_download,
+                              task="text generation" if cfg.task == "text generation" else "text")
         if cfg.dataset not in DATASETS:
             raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
         data_spec = DATASETS[cfg.dataset]
+        if cfg.task == "text generation":
+            return _resolve_generation(cfg, spec, data_spec)
         if spec.task != data_spec.task:
             raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but dataset {cfg.dataset!r} is a "
                              f"{data_spec.task} task; pick a {data_spec.task} model (see `ftlib models`).")
@@ -83,6 +96,30 @@ class FinetuneConfig:
         if cfg.technique not in TECHNIQUES:
             raise ValueError(f"--technique must be one of {sorted(TECHNIQUES)}; got {cfg.technique!r}.")
         return cfg
+
+
+def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
+    from ftlib.pipeline_llm import INSTRUCTIONS
+
+    if spec.task != "text generation":
+        raise ValueError(f"Model {cfg.model!r} is a {spec.task} model; the text generation task needs a generative "
+                         "one (see `ftlib models`).")
+    if cfg.dataset not in INSTRUCTIONS:
+        raise ValueError(f"Dataset {cfg.dataset!r} has no instruction framing; generative models are fine-tuned on "
+                         f"{', '.join(INSTRUCTIONS)}.")
+    if cfg.technique not in ("lora", "full"):
+        raise ValueError(f"--technique for a generative model must be 'lora' or 'full'; got {cfg.technique!r}.")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32'; got {cfg.precision!r}.")
+    if cfg.technique == "full" and cfg.lr == TASK_DEFAULTS["text generation"]["lr"]:
+        cfg.lr = 2e-5  # every weight moves: a tenth of LoRA's rate
+    for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+    return cfg
 
 
 def build_loaders(cfg: FinetuneConfig, splits, tokenizer=None):
@@ -130,6 +167,10 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     from ftlib.train import set_seed
 
     cfg = (config or FinetuneConfig(**options)).resolved()
+    if cfg.task == "text generation":
+        from ftlib.pipeline_llm import finetune_llm
+
+        return finetune_llm(cfg, log=log)
     started = time.perf_counter()
     out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}-{cfg.dataset}-{cfg.technique}")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,43 @@
+"""`ftlib finetune` with a generative model, end to end on the tiny random Llama (seconds)."""
+import json
+
+import pytest
+
+from ftlib.cli import main
+from ftlib.pipeline import FinetuneConfig, finetune
+
+
+def test_a_generative_model_implies_its_task_and_lora(tmp_path):
+    cfg = FinetuneConfig(model="tiny-llama").resolved()
+    assert (cfg.task, cfg.technique, cfg.dataset, cfg.epochs) == ("text generation", "lora", "rotten-tomatoes", 1)
+    assert FinetuneConfig(model="tiny-llama", technique="full").resolved().lr == 2e-5
+    with pytest.raises(ValueError, match="'lora' or 'full'"):
+        FinetuneConfig(model="tiny-llama", technique="l2sp").resolved()
+    with pytest.raises(ValueError, match="no instruction framing"):
+        FinetuneConfig(model="tiny-llama", dataset="fashion-mnist").resolved()
+    assert FinetuneConfig().resolved().technique == "full"  # the classifier job is unchanged
+
+
+def test_finetune_writes_metrics_generations_curves_and_the_adapter(tmp_path):
+    metrics = finetune(model="tiny-llama", train_size=8, val_size=4, test_size=6, batch_size=4, max_length=384,
+                       out=str(tmp_path), progress=False, log=lambda _: None)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("zero_shot", "test", "trainable_parameters", "precision", "history", "peak_memory_mb"):
+        assert key in saved
+    assert saved["precision"] in ("bf16", "fp32") and 0 < saved["trainable_parameters"] < saved["total_parameters"]
+    assert saved["test"]["num_examples"] == saved["zero_shot"]["num_examples"] == 6
+    generations = json.loads((tmp_path / "generations.json").read_text())
+    assert generations and {"prompt", "answer", "before", "after"} <= set(generations[0])
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "learning_curves.png").exists()
+    assert metrics["out"] == str(tmp_path)
+
+
+def test_cli_finetune_full_and_fp32(tmp_path, capsys):
+    code = main(["finetune", "--model", "tiny-llama", "--technique", "full", "--precision", "fp32", "--train-size",
+                 "4", "--val-size", "2", "--test-size", "4", "--max-length", "384", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["precision"] == "fp32" and saved["trainable_parameters"] == saved["total_parameters"]
+    assert not (tmp_path / "adapter").exists()
+    assert "Zero-shot" in capsys.readouterr().out
