@@ -44,7 +44,8 @@ def _cmd_models(args) -> int:
              "-" if s.mean is None else f"mean {s.mean[0]} std {s.std[0]}", s.source, s.licence]
             for s in MODELS.values()]
     print(_table(rows, ["name", "task", "params", "input", "normalization", "weights from", "licence"]))
-    print("\nAny Hugging Face model id also works with --allow-download (needs internet).")
+    print("\nAny Hugging Face model id also works with --allow-download (needs internet); a generative one "
+          "(causal LM) with --task text-generation.")
     return 0
 
 
