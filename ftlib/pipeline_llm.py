@@ -85,14 +85,14 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         f"seed {cfg.seed}) into train {len(splits.train)} / validation {len(splits.val)} / test {len(splits.test)}; "
         f"chat template with a short system turn, {mean_tokens:.0f} tokens per training example on average")
 
-    def accuracy_on_test(desc: str) -> dict:
+    def accuracy_on_test() -> dict:
         y_pred = sft.classify(model, tokenizer, test_prompts, answers, max_length=cfg.max_length,
                               batch_size=32, bf16=bf16, progress=cfg.progress)
         return held_out_metrics(splits.test.labels, y_pred, raw.class_names, seed=cfg.seed)
 
     shown = test_prompts[:6]
     before = sft.generate(model, tokenizer, shown, max_new_tokens=12)
-    zero_shot = accuracy_on_test("zero-shot")
+    zero_shot = accuracy_on_test()
     log(f"[3/7] Zero-shot (the instruct model as it comes, answer chosen by likelihood): test accuracy "
         f"{zero_shot['accuracy']:.4f}, macro F1 {zero_shot['macro_f1']:.4f}")
 
@@ -127,7 +127,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f} | val loss {e['val_loss']:.4f}, "
             f"next-token accuracy on answers {e['val_accuracy']:.3f} | {e['seconds']:.1f}s")
 
-    test = accuracy_on_test("fine-tuned")
+    test = accuracy_on_test()
     after = sft.generate(model, tokenizer, shown, max_new_tokens=12)
     low, high = test["accuracy_95ci"]
     log(f"[7/7] Test (fine-tuned, {test['num_examples']} examples): accuracy {test['accuracy']:.4f} (95% CI "
