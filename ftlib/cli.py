@@ -171,7 +171,9 @@ def _cmd_finetune(args) -> int:
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          image_size=args.image_size, max_length=args.max_length, out=args.out,
                          allow_download=args.allow_download, progress=not args.quiet,
-                         precision=args.precision).resolved()
+                         precision=args.precision, data=args.data, val_data=args.val_data, test_data=args.test_data,
+                         text_column=args.text_column, label_column=args.label_column,
+                         group_column=args.group_column, merge=args.merge).resolved()
     cfg.technique_options = _technique_options(args, [cfg.technique]).get(cfg.technique, {})
     finetune(cfg)
     return 0
@@ -245,6 +247,14 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="text-generation is implied by a generative --model such as smollm2-135m")
     ft.add_argument("--model", help="registered model name or, with --allow-download, a Hugging Face id")
     ft.add_argument("--dataset", help="registered data set (see `ftlib datasets`)")
+    ft.add_argument("--data", metavar="PATH", help="your own data instead: a CSV/TSV/JSON Lines file of texts and "
+                    "labels, or a folder of images per class (`ftlib datasets --inspect PATH` shows what is used)")
+    ft.add_argument("--val-data", metavar="PATH", help="with --data: a separate validation file or folder")
+    ft.add_argument("--test-data", metavar="PATH", help="with --data: a separate test file or folder")
+    ft.add_argument("--text-column", help="with --data: the column of texts (default: found by name)")
+    ft.add_argument("--label-column", help="with --data: the column of labels (default: found by name)")
+    ft.add_argument("--group-column", help="with --data: rows of one group stay in one split")
+    ft.add_argument("--merge", action="store_true", help="lora: also save the adapter merged into the model")
     ft.add_argument("--technique", choices=sorted(TECHNIQUE_NAMES),
                     help="default: full (lora for generative models; they accept lora and full)")
     ft.add_argument("--train-size", type=_positive_int)

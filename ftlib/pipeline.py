@@ -54,6 +54,15 @@ class FinetuneConfig:
     progress: bool = True
     technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
     precision: str = "auto"  # generative models: "auto" (bf16 where the CPU has it natively), "bf16", "fp32"
+    # Your own data instead of a registered data set (see ftlib.userdata); None sizes there
+    # mean whole splits.
+    data: str | None = None
+    val_data: str | None = None
+    test_data: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    group_column: str | None = None
+    merge: bool = False  # LoRA: also save the adapter merged into the model
 
     def resolved(self) -> "FinetuneConfig":
         """Fill in defaults and validate every field, with messages naming the option."""
@@ -63,7 +72,10 @@ class FinetuneConfig:
         if self.task not in TASK_DEFAULTS:
             raise ValueError(f"--task must be one of {sorted(TASK_DEFAULTS)}; got {self.task!r}.")
         values = asdict(self)
-        if self.model is not None and self.task == "text":  # a generative model implies its task
+        if self.data is not None:  # the task follows from the data: a folder of images or a table of texts
+            values["task"] = _data_task(self.data)
+            values["dataset"] = values["dataset"] or Path(self.data).stem or "data"
+        elif self.model is not None and self.task == "text":  # a generative model implies its task
             task = get_model_spec(self.model, allow_download=self.allow_download).task
             values["task"] = "text generation" if task == "text generation" else self.task
         for key, default in TASK_DEFAULTS[values["task"]].items():
@@ -72,6 +84,12 @@ class FinetuneConfig:
         cfg = FinetuneConfig(**values)
         spec = get_model_spec(cfg.model, allow_download=cfg.allow_download,
                               task="text generation" if cfg.task == "text generation" else "text")
+        if cfg.data is not None:
+            if spec.task != cfg.task:
+                what = "a folder of images" if cfg.task == "image" else "a table of texts"
+                raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but --data {cfg.data} is {what}; "
+                                 f"pick a {cfg.task} model (see `ftlib models`).")
+            return _check_numbers(cfg, optional_sizes=True)
         if cfg.dataset not in DATASETS:
             raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
         data_spec = DATASETS[cfg.dataset]
@@ -83,19 +101,33 @@ class FinetuneConfig:
         for key, size in zip(("train_size", "val_size", "test_size"), data_spec.sizes):
             if getattr(cfg, key) is None:
                 setattr(cfg, key, size)
-        for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
-            value = getattr(cfg, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
-        if not cfg.lr > 0:
-            raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
-        if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
-            raise ValueError(f"--image-size must be a multiple of 32 (64, 96, 224...); got {cfg.image_size!r}.")
-        from ftlib.techniques import TECHNIQUES
+        return _check_numbers(cfg, optional_sizes=False)
 
-        if cfg.technique not in TECHNIQUES:
-            raise ValueError(f"--technique must be one of {sorted(TECHNIQUES)}; got {cfg.technique!r}.")
-        return cfg
+
+def _data_task(path: str) -> str:
+    """"image" for a folder (one sub-folder per class), "text" for a file."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"--data {path}: no such file or folder.")
+    return "image" if p.is_dir() else "text"
+
+
+def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConfig:
+    for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
+        value = getattr(cfg, key)
+        if value is None and optional_sizes and key.endswith("_size"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+    if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
+        raise ValueError(f"--image-size must be a multiple of 32 (64, 96, 224...); got {cfg.image_size!r}.")
+    from ftlib.techniques import TECHNIQUES
+
+    if cfg.technique not in TECHNIQUES:
+        raise ValueError(f"--technique must be one of {sorted(TECHNIQUES)}; got {cfg.technique!r}.")
+    return cfg
 
 
 def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
@@ -179,13 +211,21 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     log(f"[1/7] Model: {spec.name} - {spec.description}; {spec.num_parameters} parameters; "
         f"input {spec.input_size}; weights: {spec.source}")
 
-    raw = data_mod.load_dataset(cfg.dataset)
-    splits = data_mod.split_dataset(raw, train_size=cfg.train_size, val_size=cfg.val_size,
-                                    test_size=cfg.test_size, seed=cfg.seed)
+    if cfg.data is not None:
+        from ftlib.userdata import load_splits
+
+        raw, splits = load_splits(cfg.data, val_path=cfg.val_data, test_path=cfg.test_data, seed=cfg.seed,
+                                  train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
+                                  text_column=cfg.text_column, label_column=cfg.label_column,
+                                  group_column=cfg.group_column)
+    else:
+        raw = data_mod.load_dataset(cfg.dataset)
+        splits = data_mod.split_dataset(raw, train_size=cfg.train_size, val_size=cfg.val_size,
+                                        test_size=cfg.test_size, seed=cfg.seed)
     tokenizer = load_tokenizer(cfg.model, allow_download=cfg.allow_download) if spec.task == "text" else None
     train_loader, val_loader, test_loader = build_loaders(cfg, splits, tokenizer)
     log(f"[2/7] Data: {cfg.dataset}, {len(raw):,} examples, classes {raw.class_names}; split (deduplicated, "
-        f"stratified{', grouped by movie' if raw.groups is not None else ''}, seed {cfg.seed}) into "
+        f"stratified{_grouping(cfg, raw)}, seed {cfg.seed}) into "
         f"train {len(splits.train)} / validation {len(splits.val)} / test {len(splits.test)}")
 
     set_seed(cfg.seed)  # the new head's initial weights depend on it
@@ -201,7 +241,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     log(f"[6/7] Training on {len(splits.train)} examples ({len(train_loader)} batches per epoch)...")
     result = technique.run(model, train_loader, val_loader, cfg)
     history = result["history"]
-    for e in history.to_list():
+    for e in history.to_list() if not cfg.progress else []:  # with progress, fit has printed them
         log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f} acc {e['train_accuracy']:.3f} | "
             f"val loss {e['val_loss']:.4f} acc {e['val_accuracy']:.3f} | {e['seconds']:.1f}s")
     model = result.get("model", model)
@@ -212,6 +252,11 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     log(f"[7/7] Test (touched once, {metrics_test['num_examples']} examples): accuracy {metrics_test['accuracy']:.4f} "
         f"(95% CI {low:.3f}-{high:.3f}), macro F1 {metrics_test['macro_f1']:.4f}")
 
+    from ftlib.saving import save_finetuned
+
+    image_size = cfg.image_size or spec.image_size or 96
+    folder = save_finetuned(model, out / "model", model_name=cfg.model, class_names=raw.class_names,
+                            tokenizer=tokenizer, max_length=cfg.max_length, image_size=image_size, merge=cfg.merge)
     metrics = {
         "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task, "technique": cfg.technique,
         "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test),
@@ -220,14 +265,59 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "trainable_parameters": result.get("trainable_parameters"),
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
         "allocator": _allocator(),
-        "class_names": raw.class_names,
+        "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _save_plots(history, metrics_test, raw.class_names, out)
     log(f"Done in {metrics['total_seconds']:.0f}s (peak memory {metrics['peak_memory_mb']:.0f} MB). "
         f"Results: {out / 'metrics.json'}, plots: {out / 'learning_curves.png'}, {out / 'confusion_matrix.png'}")
+    _show_model(cfg, spec, model, tokenizer, image_size, folder, raw, splits, log)
     metrics["out"] = str(out)
     return metrics
+
+
+def _grouping(cfg: FinetuneConfig, raw) -> str:
+    if raw.groups is None:
+        return ""
+    return ", grouped by movie" if cfg.data is None else f", grouped by {cfg.group_column or 'group'}"
+
+
+# Two reviews the user can read the answer to at once, for the registered review data.
+_EXAMPLES = {"rotten-tomatoes": ["A warm, funny and beautifully acted film.",
+                                 "Two hours of my life I will never get back."]}
+
+
+def _ftlib_command() -> str:
+    """How to call ftlib from here: this environment's script (``.venv/bin/ftlib``), else ``ftlib``."""
+    script = Path(sys.executable).parent / "ftlib"
+    if not script.exists():
+        return "ftlib"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
+def _show_model(cfg: FinetuneConfig, spec, model, tokenizer, image_size, folder: Path, raw, splits, log) -> None:
+    """Where the model is, the command to use it, and its answers to two examples (the last lines)."""
+    import shlex
+
+    from ftlib.saving import Finetuned, read_manifest
+
+    loadable = "weights" in read_manifest(folder) and spec.task == "text"
+    log(f"Model saved in {folder}" + (" (transformers.pipeline(\"text-classification\", model=...) reads it too)"
+                                       if loadable else ""))
+    command = _ftlib_command()
+    if spec.task == "text":
+        examples = (_EXAMPLES.get(cfg.dataset) if cfg.data is None else None) or \
+            [" ".join(t.split()[:16]) for t in splits.test.inputs[:2]]
+        log("Try it: " + shlex.join([command, "predict", str(folder), *examples]))
+    else:
+        examples = list(splits.test.inputs[:2])
+        log(f"Try it: {shlex.join([command, 'predict', str(folder)])} IMAGE_FILE_OR_FOLDER ...")
+    kept = Finetuned(model, spec.task, list(raw.class_names), tokenizer, cfg.max_length, image_size,
+                     spec.mean or (0.5,) * 3, spec.std or (0.5,) * 3)
+    for i, result in enumerate(kept.predict(examples)):
+        shown = examples[i] if spec.task == "text" else f"test image {i + 1} (a {raw.class_names[splits.test.labels[i]]})"
+        log(f"  {result['label']} ({result['probability']:.2f}): {shown}")
 
 
 def _save_plots(history, metrics_test: dict, class_names, out: Path) -> None:

