@@ -164,9 +164,14 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    # An empty /tmp first: the allowed paths bound after it show through even when they live
+    # under /tmp (a CI clone there); bound before it, the tmpfs would cover them.
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    tmp = tempfile.gettempdir()
+    if os.path.realpath(tmp) != "/tmp":
+        args += ["--tmpfs", tmp]
     for path in allowed_paths():
         args += ["--ro-bind", path, path]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     # PyTorch's cpuinfo reads the CPU topology; without it, it prints errors in every cell.
     args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     etc = _write_etc(scratch)
@@ -174,9 +179,6 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
         args += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
     for name in _ETC_FROM_HOST:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    tmp = tempfile.gettempdir()
-    if os.path.realpath(tmp) != "/tmp":
-        args += ["--tmpfs", tmp]
     # Instructor paths matter only where an allowed folder holds them: elsewhere they are
     # absent already, and an empty mount would show their names.
     shown = ["/usr", *allowed_paths()]
