@@ -44,6 +44,14 @@ def _precision(choice: str) -> str:
     return choice
 
 
+def _describe_precision(stored_bf16: bool, autocast: bool) -> str:
+    if stored_bf16:
+        return "the CPU has native bf16: frozen weights stored in bf16, adapters and optimizer in fp32"
+    if autocast:
+        return "the CPU has native bf16: bf16 autocast over fp32 weights"
+    return "fp32"
+
+
 def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     """Run the job for a resolved :class:`ftlib.pipeline.FinetuneConfig` of task "text generation"."""
     import torch
@@ -68,6 +76,13 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         f"{spec.input_size}; weights: {spec.source}")
     set_seed(cfg.seed)
     model, tokenizer = load_causal_lm(cfg.model, allow_download=cfg.allow_download)
+    # bf16 with LoRA: the frozen weights are stored in bf16 (half the memory, no cast at
+    # every step) while the adapters and their optimizer stay fp32. Full fine-tuning keeps
+    # fp32 weights (AdamW updates in bf16 would round most of them away) under autocast.
+    stored_bf16 = bf16 and cfg.technique == "lora"
+    if stored_bf16:
+        model.to(torch.bfloat16)
+    autocast = bf16 and not stored_bf16
 
     raw = load_dataset(cfg.dataset)
     splits = split_dataset(raw, train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
@@ -87,7 +102,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
 
     def accuracy_on_test() -> dict:
         y_pred = sft.classify(model, tokenizer, test_prompts, answers, max_length=cfg.max_length,
-                              batch_size=32, bf16=bf16, progress=cfg.progress)
+                              batch_size=16, bf16=autocast, progress=cfg.progress)
         return held_out_metrics(splits.test.labels, y_pred, raw.class_names, seed=cfg.seed)
 
     shown = test_prompts[:6]
@@ -107,11 +122,14 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     log(f"[4/7] Adapt: {what}; {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
 
     log(f"[5/7] Hyperparameters: lr {cfg.lr}, {cfg.epochs} epoch(s), batch {cfg.batch_size}, AdamW, linear warmup "
-        f"10% then decay; precision {precision} ({'bf16 autocast: the CPU has native bf16' if bf16 else 'fp32'}); "
+        f"10% then decay; precision {precision} ({_describe_precision(stored_bf16, autocast)}); "
         f"loss on the answer and end-of-turn tokens only")
+    # At most batch_size x 64 tokens per batch: the peak memory of the run stays that of
+    # a typical batch (reviews average 64 tokens in the template), not of the longest one.
     train_loader = sft.make_sft_loader(train_examples, tokenizer.pad_token_id, batch_size=cfg.batch_size,
-                                       shuffle=True, seed=cfg.seed)
-    val_loader = sft.make_sft_loader(val_examples, tokenizer.pad_token_id, batch_size=4 * cfg.batch_size)
+                                       shuffle=True, seed=cfg.seed, max_tokens=64 * cfg.batch_size)
+    val_loader = sft.make_sft_loader(val_examples, tokenizer.pad_token_id, batch_size=4 * cfg.batch_size,
+                                     max_tokens=4 * 64 * cfg.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     optimizer = adamw([{"params": decay, "weight_decay": 0.01},
@@ -119,7 +137,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     log(f"[6/7] Training on {len(train_examples)} examples ({len(train_loader)} batches per epoch)...")
     train_start = time.perf_counter()
     # One epoch has nothing to restore; more would copy every weight (540 MB) at each best epoch.
-    history = fit(sft.SFTModel(model, bf16=bf16), train_loader, val_loader, epochs=cfg.epochs, optimizer=optimizer,
+    history = fit(sft.SFTModel(model, bf16=autocast), train_loader, val_loader, epochs=cfg.epochs, optimizer=optimizer,
                   restore_best=cfg.epochs > 1, seed=cfg.seed, progress=cfg.progress)
     train_seconds = time.perf_counter() - train_start
     tokens = sum(len(e["input_ids"]) for e in train_examples) * len(history)

@@ -215,36 +215,54 @@ class make_sft_loader:
     """Batches of SFT examples for ``fit``: right-padded, then as :class:`SFTModel` wants them.
 
     Shuffled batches are drawn from pools of similar length (less padding) with a seeded
-    order; ``len()`` is the number of batches. A class, not a generator, so that each
+    order; ``len()`` is the number of batches. With ``max_tokens``, a batch also stops
+    growing before its padded size (rows x longest row) passes that many tokens: the
+    memory of a training step follows the tokens in the batch, and a few long examples
+    would otherwise set the peak of the whole run. A class, not a generator, so that each
     epoch iterates afresh.
     """
 
     def __init__(self, examples: Sequence[dict], pad_token_id: int, *, batch_size: int = 8,
-                 shuffle: bool = False, seed: int = 0) -> None:
+                 shuffle: bool = False, seed: int = 0, max_tokens: int | None = None) -> None:
         if not examples:
             raise ValueError("make_sft_loader needs at least one example.")
         self.examples, self.pad_token_id, self.batch_size = list(examples), pad_token_id, batch_size
-        self.shuffle, self._rng = shuffle, random.Random(seed)
+        self.shuffle, self.max_tokens, self._rng = shuffle, max_tokens, random.Random(seed)
+        self._plan: list[list[int]] | None = None
 
     def __len__(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
+        if self._plan is None:
+            self._plan = self._batches()  # the next epoch's batches, drawn now so len() is exact
+        return len(self._plan)
+
+    def _split(self, chunk: list[int]) -> list[list[int]]:
+        """Cut indices sorted by length into batches of batch_size rows and max_tokens."""
+        batches, current = [], []
+        for i in chunk:
+            length = len(self.examples[i]["input_ids"])
+            full = len(current) == self.batch_size
+            over = self.max_tokens is not None and (len(current) + 1) * length > self.max_tokens
+            if current and (full or over):
+                batches.append(current)
+                current = []
+            current.append(i)
+        return batches + [current]
 
     def _batches(self) -> list[list[int]]:
         order = list(range(len(self.examples)))
         if not self.shuffle:
-            order.sort(key=lambda i: len(self.examples[i]["input_ids"]))
-            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            return self._split(sorted(order, key=lambda i: len(self.examples[i]["input_ids"])))
         self._rng.shuffle(order)
         pool = 16 * self.batch_size
         batches = []
         for start in range(0, len(order), pool):
-            chunk = sorted(order[start:start + pool], key=lambda i: len(self.examples[i]["input_ids"]))
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += self._split(sorted(order[start:start + pool], key=lambda i: len(self.examples[i]["input_ids"])))
         self._rng.shuffle(batches)
         return batches
 
     def __iter__(self) -> Iterable[dict]:
-        for indices in self._batches():
+        plan, self._plan = (self._plan or self._batches()), None
+        for indices in plan:
             yield _fit_batch(collate_sft([self.examples[i] for i in indices], self.pad_token_id))
 
 

@@ -201,3 +201,14 @@ def test_classify_agrees_with_score_choices_on_one_and_several_token_choices(tok
         expected = torch.stack([sft.score_choices(lm, tok, p, choices) for p in prompts])
         assert torch.allclose(sft.choice_scores(lm, tok, prompts, choices, batch_size=2), expected, atol=1e-4)
         assert sft.classify(lm, tok, prompts, choices) == expected.argmax(1).tolist()
+
+
+def test_loader_token_budget_bounds_every_batch_and_len_matches_iteration(tok):
+    examples = [sft.build_sft_example(tok, "x" * n, "y", 512) for n in [1, 2, 3, 150, 160, 170, 4, 5]]
+    loader = sft.make_sft_loader(examples, IM_END, batch_size=4, shuffle=True, seed=0, max_tokens=400)
+    for _ in range(2):  # two epochs: len() announces the batches the next iteration yields
+        expected = len(loader)
+        batches = list(loader)
+        assert len(batches) == expected
+        assert all(b["input_ids"].numel() <= 400 or b["input_ids"].shape[0] == 1 for b in batches)
+        assert sum(b["input_ids"].shape[0] for b in batches) == len(examples)
