@@ -98,9 +98,14 @@ class Finetuned:
     def probabilities(self, inputs: Sequence, batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape ``(len(inputs), num_classes)``; texts or images (paths or arrays)."""
         self.model.eval()
+        inputs = list(inputs)
+        # Texts of similar length batch together (less padding), as in training; the
+        # rows are put back in the order given.
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i])) if self.task == "text" else \
+            list(range(len(inputs)))
         out = []
         for start in range(0, len(inputs), batch_size):
-            chunk = list(inputs[start:start + batch_size])
+            chunk = [inputs[i] for i in order[start:start + batch_size]]
             if self.task == "text":
                 if not all(isinstance(t, str) for t in chunk):
                     raise TypeError("This is a text model: give it strings.")
@@ -114,7 +119,11 @@ class Finetuned:
                 pixels = prepare_images(images, self.image_size, self.mean, self.std)
                 logits = self.model(pixels)
             out.append(torch.softmax(logits.float(), dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+        if not out:
+            return np.zeros((0, len(self.class_names)))
+        probs = np.empty((len(inputs), len(self.class_names)), dtype=np.float32)
+        probs[order] = np.concatenate(out)
+        return probs
 
     def predict(self, inputs: Sequence, *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
         """One dict per input: ``label``, ``probability`` and ``top_k`` as ``[(label, probability), ...]``."""
