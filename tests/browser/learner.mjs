@@ -90,6 +90,16 @@ async function writeSolution(page, code) {
   return cell;
 }
 
+// After a run: no cell failed and no widget fell back to text; returns the outputs' text.
+async function cleanOutputs(page) {
+  const errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
+  if (await errors.count()) throw new Error(`a cell failed: ${(await errors.first().innerText()).slice(0, 400)}`);
+  const outputs = await page.locator(".jp-OutputArea-output").allInnerTexts();
+  const fallback = outputs.find((t) => /IProgress not found|Error displaying widget|HBox\(children/.test(t));
+  if (fallback) throw new Error(`the progress bar did not render as a widget: ${fallback.slice(0, 200)}`);
+  return outputs;
+}
+
 // nbgrader's validate also fails on written (manually graded) answers left empty.
 const WRITTEN_ANSWER = "MiniLM-L6: the e-mails are short texts, it is the sentence encoder of the registry, and its counts fit a CPU budget.";
 
@@ -142,11 +152,7 @@ try {
     await page.locator(".jp-StatusBar-Widget", { hasText: /\| Idle/ }).first().waitFor({ timeout: 120_000 });
     await menu(page, "Run", /^Run All Cells$/);
     await waitForRun(page);
-    const errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
-    if (await errors.count()) throw new Error(`a cell failed: ${(await errors.first().innerText()).slice(0, 400)}`);
-    const outputs = await page.locator(".jp-OutputArea-output").allInnerTexts();
-    const fallback = outputs.find((t) => /IProgress not found|Error displaying widget|HBox\(children/.test(t));
-    if (fallback) throw new Error(`the progress bar did not render as a widget: ${fallback.slice(0, 200)}`);
+    const outputs = await cleanOutputs(page);
     const done = page.locator(".jp-OutputArea-output .widget-hbox", { has: page.locator(".widget-hprogress") })
       .filter({ hasText: /epochs/ });
     const count = await done.count();
@@ -210,11 +216,7 @@ try {
     await menu(page, "Kernel", /Restart Kernel and Run All Cells/);
     await page.locator(".jp-Dialog .jp-mod-accept").first().click();
     await waitForRun(page);
-    const errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
-    if (await errors.count()) throw new Error(`a cell failed: ${(await errors.first().innerText()).slice(0, 400)}`);
-    const outputs = await page.locator(".jp-OutputArea-output").allInnerTexts();
-    const fallback = outputs.find((t) => /IProgress not found|Error displaying widget|HBox\(children/.test(t));
-    if (fallback) throw new Error(`the progress bar did not render as a widget: ${fallback.slice(0, 200)}`);
+    await cleanOutputs(page);
     const img = page.locator(".jp-OutputArea .jp-RenderedImage img").first();
     await img.waitFor({ state: "visible", timeout: 20_000 })
       .catch(() => { throw new Error("no rendered plot (image output) in the notebook"); });
