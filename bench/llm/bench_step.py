@@ -6,7 +6,9 @@ Rotten Tomatoes instructions, same optimizer, in one process, in rotating rounds
 * naive: ``model(input_ids, attention_mask, labels=labels)`` in fp32, labels on every
   position (the usual first loop: the vocabulary projection at every position);
 * ftlib fp32: ``ftlib.sft.SFTModel``, the projection only at the labelled positions;
-* ftlib bf16: the same under bf16 autocast (only where the CPU has native bf16).
+* ftlib bf16 autocast: the same under bf16 autocast over fp32 weights;
+* ftlib bf16 weights: frozen weights stored in bf16, adapters fp32 (what ``ftlib finetune``
+  runs with LoRA where the CPU has native bf16; both bf16 rows only there).
 
 Then the machine's matrix-product throughput (fp32 and bf16, 2 threads) and the step's
 model FLOPs per second next to it. Peak memory of each variant is measured in a fresh
@@ -71,16 +73,18 @@ def matmul_gflops(dtype, n: int = 1024, seconds: float = 2.0) -> float:
 
 def variants():
     names = ["naive fp32", "ftlib fp32"]
-    return names + (["ftlib bf16"] if sft.bf16_is_native() else [])
+    return names + (["ftlib bf16 autocast", "ftlib bf16 weights"] if sft.bf16_is_native() else [])
 
 
 def run_memory(name: str, steps: int, batch_size: int) -> None:
     """In a child: train ``steps`` steps of one variant and print the peak RSS."""
     model, tokenizer = load_causal_lm("smollm2-135m")
+    if name.endswith("weights"):
+        model.to(torch.bfloat16)
     lora = sft.add_lora(model)
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-4)
     lora.train()
-    wrapped = sft.SFTModel(lora, bf16=name.endswith("bf16"))
+    wrapped = sft.SFTModel(lora, bf16=name.endswith("autocast"))
     for batch in batches(tokenizer, steps, batch_size):
         naive_step(lora, batch, optimizer) if name.startswith("naive") else ftlib_step(wrapped, batch, optimizer)
     print(json.dumps({"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -105,13 +109,21 @@ def main() -> None:
     data = batches(tokenizer, args.steps + 1, args.batch_size)
     tokens = sum(int(b["attention_mask"].sum()) for b in data[1:])
     labelled = sum(int((b["labels"] != -100).sum()) for b in data[1:])
-    wrapped = {"ftlib fp32": sft.SFTModel(lora), "ftlib bf16": sft.SFTModel(lora, bf16=True)}
+    wrapped = {"ftlib fp32": sft.SFTModel(lora), "ftlib bf16 autocast": sft.SFTModel(lora, bf16=True)}
+    optimizers = {name: optimizer for name in ("naive fp32", "ftlib fp32", "ftlib bf16 autocast")}
+    if sft.bf16_is_native():
+        low, _ = load_causal_lm("smollm2-135m")
+        low_lora = sft.add_lora(low.to(torch.bfloat16))
+        low_lora.train()
+        wrapped["ftlib bf16 weights"] = sft.SFTModel(low_lora)
+        optimizers["ftlib bf16 weights"] = torch.optim.AdamW(
+            [p for p in low_lora.parameters() if p.requires_grad], lr=1e-4)
     times = {name: [] for name in variants()}
     for r in range(args.rounds):
         names = variants()[r % len(variants()):] + variants()[:r % len(variants())]  # rotate the order
         for name in names:
             step = (lambda b: naive_step(lora, b, optimizer)) if name.startswith("naive") else \
-                (lambda b, w=wrapped[name]: ftlib_step(w, b, optimizer))
+                (lambda b, w=wrapped[name], o=optimizers[name]: ftlib_step(w, b, o))
             step(data[0])  # warm-up
             start = time.perf_counter()
             for batch in data[1:]:
@@ -125,7 +137,7 @@ def main() -> None:
     base = statistics.median(times["naive fp32"])
     for name, ts in times.items():
         t = statistics.median(ts)
-        print(f"  {name:11s} {tokens / t:6.0f} tokens/s  {base / t:4.2f}x naive  ~{4 * n * tokens / t / 1e9:5.1f} "
+        print(f"  {name:19s} {tokens / t:6.0f} tokens/s  {base / t:4.2f}x naive  ~{4 * n * tokens / t / 1e9:5.1f} "
               f"GFLOP/s of model compute")
     print(f"  matmul 1024^3: fp32 {matmul_gflops(torch.float32):.0f} GFLOP/s, bf16 {matmul_gflops(torch.bfloat16):.0f} GFLOP/s")
     if args.memory:
