@@ -38,6 +38,8 @@ class Bench:
 BENCHES = [
     Bench("main-job", (PY, "bench/foundation/bench_finetune.py"), 7,
           "main job and image job: test accuracy, wall time, peak memory"),
+    Bench("llm-step", (PY, "bench/llm/bench_step.py", "--steps", "5", "--rounds", "2"), 5,
+          "SmolLM2 SFT step: tokens/s vs a naive transformers + peft loop; matmul GFLOP/s"),
     Bench("loop", (PY, "bench/foundation/bench_loop.py", "--steps", "15", "--rounds", "3"), 4,
           "training-loop overhead: fit vs a bare loop vs the Trainer"),
     Bench("predict", (PY, "bench/foundation/bench_predict.py"), 2,
@@ -59,6 +61,9 @@ BENCHES = [
           "Fashion-MNIST: scratch vs pretrained vs features, forgetting"),
     Bench("techniques-fmnist-sizes", ("sh", "bench/techniques/fashion_mnist_sizes.sh"), 12,
           "Fashion-MNIST data efficiency at 100 / 500 / 2,000 examples"),
+    Bench("llm-finetune", (PY, "bench/llm/bench_finetune.py", "--seeds", "0", "1", "2", "--techniques", "lora",
+                           "full", "--test-size", "2000"), 40,
+          "SmolLM2 zero-shot vs LoRA vs full fine-tuning over 3 seeds (not yet run in full)"),
     Bench("techniques-rt", ("sh", "bench/techniques/rotten_tomatoes.sh"), 60,
           "every technique on Rotten Tomatoes, seeds 0-2"),
 ]
