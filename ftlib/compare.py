@@ -87,7 +87,7 @@ class CompareConfig:
         values = asdict(self)
         defaults = {**TASK_DEFAULTS[self.task], **(QUICK if self.quick else COMPARE_DEFAULTS)[self.task]}
         for key, default in defaults.items():
-            if values.get(key) is None:
+            if key in values and values[key] is None:  # the task defaults also name fields compare lacks
                 values[key] = default
         cfg = CompareConfig(**values)
         for name in cfg.techniques:
