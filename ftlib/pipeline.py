@@ -252,11 +252,15 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     log(f"[7/7] Test (touched once, {metrics_test['num_examples']} examples): accuracy {metrics_test['accuracy']:.4f} "
         f"(95% CI {low:.3f}-{high:.3f}), macro F1 {metrics_test['macro_f1']:.4f}")
 
+    from ftlib.features import ProbeModel
     from ftlib.saving import save_finetuned
 
     image_size = cfg.image_size or spec.image_size or 96
-    folder = save_finetuned(model, out / "model", model_name=cfg.model, class_names=raw.class_names,
-                            tokenizer=tokenizer, max_length=cfg.max_length, image_size=image_size, merge=cfg.merge)
+    folder = None  # feature extraction: a scikit-learn classifier on frozen features, no format to save it in yet
+    if not isinstance(model, ProbeModel):
+        folder = save_finetuned(model, out / "model", model_name=cfg.model, class_names=raw.class_names,
+                                tokenizer=tokenizer, max_length=cfg.max_length, image_size=image_size,
+                                merge=cfg.merge)
     metrics = {
         "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task, "technique": cfg.technique,
         "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test),
@@ -265,13 +269,17 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "trainable_parameters": result.get("trainable_parameters"),
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
         "allocator": _allocator(),
-        "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder),
+        "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _save_plots(history, metrics_test, raw.class_names, out)
     log(f"Done in {metrics['total_seconds']:.0f}s (peak memory {metrics['peak_memory_mb']:.0f} MB). "
         f"Results: {out / 'metrics.json'}, plots: {out / 'learning_curves.png'}, {out / 'confusion_matrix.png'}")
-    _show_model(cfg, spec, model, tokenizer, image_size, folder, raw, splits, log)
+    if folder is None:
+        log("Model not saved: feature extraction keeps a scikit-learn classifier on the frozen backbone's "
+            "features, which ftlib cannot save yet; the other techniques keep their model in RUN/model.")
+    else:
+        _show_model(cfg, spec, model, tokenizer, image_size, folder, raw, splits, log)
     metrics["out"] = str(out)
     return metrics
 

@@ -51,7 +51,9 @@ def save_finetuned(model: nn.Module, folder, *, model_name: str, class_names: Se
             model.save_pretrained(folder / "adapter")
             manifest["adapter"] = "adapter"
             # merge_and_unload changes the model it is called on: merge a copy, keep the adapter.
-            saved = copy.deepcopy(model).merge_and_unload() if merge else None
+            # An adapter alone needs the base's pretrained weights to mean anything: a base
+            # without them (tiny-bert, random) is saved merged too.
+            saved = copy.deepcopy(model).merge_and_unload() if merge or not spec.pretrained else None
         if saved is not None:
             from transformers.utils import logging as hf_logging
 
@@ -185,10 +187,14 @@ def load_finetuned(path) -> Finetuned:
             finally:
                 hf_logging.enable_progress_bar()
         else:  # the adapter alone, on the registry's base model
+            import warnings
+
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(load_model(manifest["base_model"], num_classes=len(names)),
-                                              folder / manifest["adapter"])
+            with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5; harmless
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(load_model(manifest["base_model"], num_classes=len(names)),
+                                                  folder / manifest["adapter"])
         return Finetuned(model.eval(), "text", names, tokenizer, manifest.get("max_length", 64))
     from safetensors.torch import load_file
 

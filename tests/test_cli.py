@@ -153,3 +153,12 @@ def test_finetune_own_data_bad_input_is_one_line(tmp_path):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     r = run_cli("finetune", "--data", str(tmp_path / "imgs"), "--model", "tiny-bert", "--quiet")
     assert r.returncode == 2 and "is a text model but --data" in r.stderr and "folder of images" in r.stderr
+
+
+def test_feature_extraction_runs_and_says_its_model_is_not_saved(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("finetune", "--model", "tiny-bert", "--technique", "feature-extraction", "--train-size", "32",
+                "--val-size", "16", "--test-size", "16", "--quiet", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "Model not saved: feature extraction" in r.stdout.strip().splitlines()[-1]
+    assert json.loads((out / "metrics.json").read_text())["model_path"] is None and not (out / "model").exists()

@@ -121,3 +121,21 @@ def test_ftlib_predict_refuses_the_wrong_modality(text_folder, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0])["input"] == str(image)
     r = _cli(tmp_path / "nothing-here", "text")
     assert r.returncode == 2 and "holds no saved model" in r.stderr
+
+
+def test_a_lora_model_on_a_random_base_is_saved_merged_and_reloads_exactly(tmp_path):
+    from ftlib.techniques import lora
+
+    torch.manual_seed(0)
+    model = load_model("tiny-bert", num_classes=2)  # no pretrained weights: an adapter alone would not do
+    tokenizer = load_tokenizer("tiny-bert")
+    batches = [{**tokenizer(TEXTS, padding="longest", return_tensors="pt"), "labels": torch.tensor([1, 0, 1, 0])}]
+    peft_model = lora(model, batches, epochs=1, progress=False)["model"]
+    folder = save_finetuned(peft_model, tmp_path / "model", model_name="tiny-bert", class_names=["a", "b"],
+                            tokenizer=load_tokenizer("tiny-bert"))
+    assert (folder / "adapter").is_dir() and (folder / "model.safetensors").is_file()
+    peft_model.eval()
+    with torch.no_grad():
+        batch = load_tokenizer("tiny-bert")(TEXTS, padding="longest", return_tensors="pt")
+        want = torch.softmax(peft_model(**batch).logits, -1).numpy()
+    np.testing.assert_allclose(load_finetuned(folder).probabilities(TEXTS), want, atol=1e-5)
