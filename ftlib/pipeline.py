@@ -195,6 +195,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     from ftlib.evaluate import HeldOutTest
     from ftlib.freezing import trainable_summary
     from ftlib.models import get_model_spec, load_model, load_tokenizer
+    from ftlib.devices import is_main_process
     from ftlib.techniques import TECHNIQUES
     from ftlib.train import set_seed
 
@@ -204,8 +205,11 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
 
         return finetune_llm(cfg, log=log)
     started = time.perf_counter()
+    main = is_main_process()  # under `accelerate launch` every process trains; one writes and prints
+    log = log if main else (lambda *_: None)
     out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}-{cfg.dataset}-{cfg.technique}")
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
 
     spec = get_model_spec(cfg.model, allow_download=cfg.allow_download)
     log(f"[1/7] Model: {spec.name} - {spec.description}; {spec.num_parameters} parameters; "
@@ -257,7 +261,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
 
     image_size = cfg.image_size or spec.image_size or 96
     folder = None  # feature extraction: a scikit-learn classifier on frozen features, no format to save it in yet
-    if not isinstance(model, ProbeModel):
+    if main and not isinstance(model, ProbeModel):
         folder = save_finetuned(model, out / "model", model_name=cfg.model, class_names=raw.class_names,
                                 tokenizer=tokenizer, max_length=cfg.max_length, image_size=image_size,
                                 merge=cfg.merge)
@@ -266,11 +270,13 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test),
         "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
-        "trainable_parameters": result.get("trainable_parameters"),
+        "trainable_parameters": result.get("trainable_parameters"), "precision": history.precision,
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
         "allocator": _allocator(),
         "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None,
     }
+    if not main:
+        return {**metrics, "out": str(out)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _save_plots(history, metrics_test, raw.class_names, out)
     log(f"Done in {metrics['total_seconds']:.0f}s (peak memory {metrics['peak_memory_mb']:.0f} MB). "
