@@ -3,7 +3,10 @@
 The meta device stands in for a second device: tensors there have shapes and a device
 but no data, so a test can see where a tensor went without a GPU.
 """
+import os
+
 import numpy as np
+import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -45,3 +48,86 @@ def test_lr_range_test_moves_batches_to_the_model_device(monkeypatch):
     model = TinyCNN(num_classes=3)
     optim.lr_range_test(model, make_image_loader(n=48), num_steps=5)
     assert moved and set(moved) == {next(model.parameters()).device}
+
+
+def test_batches_go_to_a_cuda_device_through_pinned_memory(monkeypatch):
+    # Only from pinned memory is a non_blocking copy asynchronous. The meta device
+    # stands in for the GPU; pin_memory itself needs a CUDA runtime, so it is recorded.
+    from ftlib import devices
+
+    assert devices._pins(torch.device("cuda:0")) and not devices._pins(torch.device("cpu"))
+    pinned, copies = [], []
+    monkeypatch.setattr(devices, "_pins", lambda device: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: False)
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        copies.append(kwargs.get("non_blocking"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    batch = {"pixel_values": torch.zeros(2, 3, 4, 4), "labels": torch.tensor([0, 1]), "ids": ["a", "b"]}
+    moved = devices.to_device(batch, "meta")
+    assert pinned == [(2, 3, 4, 4), (2,)] and copies == [True, True]
+    assert moved["pixel_values"].device.type == "meta" and moved["ids"] == ["a", "b"]
+
+
+_SYNCS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def _count_syncs(monkeypatch):
+    """Calls that make the host wait for the device (a GPU), counted on the CPU."""
+    calls = []
+    for name in _SYNCS:
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _real=real, _name=name, **k: calls.append(_name) or _real(self, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fit_synchronises_once_per_epoch_not_per_step(monkeypatch, precision):
+    counts = []
+    for n in (48, 144):  # 6 and 18 steps per epoch
+        torch.manual_seed(0)
+        model = TinyCNN(num_classes=3)
+        calls = _count_syncs(monkeypatch)
+        train.fit(model, make_image_loader(n=n), make_image_loader(n=24, seed=1), epochs=2, progress=False,
+                  precision=precision)
+        counts.append(len(calls))
+        monkeypatch.undo()
+    assert counts[0] == counts[1], f"host-device synchronisations grow with the steps: {counts}"
+    assert counts[0] <= 10 * 2  # a handful per epoch (sums, the best weights' copy)
+
+
+def test_reproducible_pins_down_cuda_kernels_and_restores_the_settings(monkeypatch):
+    from ftlib import devices
+
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, warn_only=False: calls.append((mode, warn_only)))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with devices.reproducible("cpu"):
+        assert not calls and "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # CPU kernels are deterministic
+    with devices.reproducible(torch.device("cuda", 1)):
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert calls == [(True, True)]
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and len(calls) == 2
+
+
+def test_fit_trains_inside_reproducible_for_its_device(monkeypatch):
+    import contextlib
+
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        seen.append(torch.device(device))
+        yield
+
+    monkeypatch.setattr(train, "reproducible", spy)
+    train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, device="cpu")
+    assert seen == [torch.device("cpu")]
