@@ -186,7 +186,7 @@ def _cmd_compare(args) -> int:
                         train_sizes=args.train_sizes, seeds=args.seeds, val_size=args.val_size,
                         test_size=args.test_size, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         max_length=args.max_length, image_size=args.image_size, quick=args.quick, out=args.out,
-                        progress=args.progress)
+                        progress=args.progress, precision=args.precision)
     cfg = cfg.resolved()  # bad options fail here, before any data is loaded
     cfg.technique_options = _technique_options(args, cfg.techniques)
     if args.dry_run:
@@ -221,6 +221,10 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
 # `ftlib --help`) does not import torch; a test keeps the two equal.
 TECHNIQUE_NAMES = ("full", "scratch", "feature-extraction", "frozen", "lp-ft", "discriminative", "gradual",
                    "l2sp", "lora")
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # ftlib.devices.PRECISIONS
+_PRECISION_HELP = ("auto: bf16 where the hardware runs it natively (a CUDA GPU with bf16; a CPU with AVX-512 "
+                   "BF16 or AMX), fp16 with a gradient scaler on older GPUs, fp32 elsewhere; or forced. Default: "
+                   "fp32 for classifiers, auto for generative models (which take auto, bf16 or fp32)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -266,8 +270,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--image-size", type=_positive_int, help="multiple of 32 (default 96)")
     ft.add_argument("--max-length", type=_positive_int, help="tokens per text (default 64; 128 for generative models)")
-    ft.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                    help="generative models: bf16 autocast where the CPU has native bf16 (auto), or forced")
+    ft.add_argument("--precision", choices=PRECISION_NAMES, help=_PRECISION_HELP)
     ft.add_argument("--out", help="output folder (default: runs/<time>-<model>-<dataset>-<technique>)")
     ft.add_argument("--allow-download", action="store_true", help="allow Hugging Face model ids (needs internet)")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -294,6 +297,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--quick", action="store_true", help="a first look: fewer techniques, one seed (~2 min)")
     cmp.add_argument("--dry-run", action="store_true", help="print the grid and the time estimate, run nothing")
     cmp.add_argument("--progress", action="store_true", help="progress bars inside each run")
+    cmp.add_argument("--precision", choices=PRECISION_NAMES, help=_PRECISION_HELP)
     _add_technique_flags(cmp)
     cmp.set_defaults(func=_cmd_compare)
     pr = sub.add_parser("predict", help="predict with a fine-tuned model: texts, a file of texts, or images")

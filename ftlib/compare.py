@@ -76,6 +76,7 @@ class CompareConfig:
     technique_options: dict = field(default_factory=dict)  # technique -> {option: value}
     out: str | None = None
     progress: bool = False  # per-epoch bars; the run-level log is always printed
+    precision: str | None = None  # see FinetuneConfig
 
     def resolved(self) -> "CompareConfig":
         from ftlib.models import get_model_spec
@@ -200,7 +201,7 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
                                          train_size=size, val_size=cfg.val_size, test_size=cfg.test_size,
                                          epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
                                          max_length=cfg.max_length, image_size=cfg.image_size,
-                                         progress=cfg.progress)
+                                         progress=cfg.progress, precision=cfg.precision)
                 opts = dict(cfg.technique_options.get(technique, {}))
                 if technique == "feature-extraction":
                     opts.setdefault("cache_dir", str(out / "feature_cache"))

@@ -22,13 +22,13 @@ __all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
 
 TASK_DEFAULTS = {
     "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "technique": "full", "epochs": 3, "lr": 1e-4,
-             "batch_size": 32, "max_length": 64},
+             "batch_size": 32, "max_length": 64, "precision": "fp32"},
     "image": {"model": "efficientnet-lite0", "dataset": "fashion-mnist", "technique": "full", "epochs": 3,
-              "lr": 1e-3, "batch_size": 32, "max_length": 64},
+              "lr": 1e-3, "batch_size": 32, "max_length": 64, "precision": "fp32"},
     # A generative model answering instructions (ftlib.pipeline_llm); lr is LoRA's.
     "text generation": {"model": "smollm2-135m", "dataset": "rotten-tomatoes", "technique": "lora", "epochs": 1,
                         "lr": 2e-4, "batch_size": 4, "max_length": 128, "train_size": 512, "val_size": 100,
-                        "test_size": 500},
+                        "test_size": 500, "precision": "auto"},
 }
 
 
@@ -53,7 +53,8 @@ class FinetuneConfig:
     allow_download: bool = False
     progress: bool = True
     technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
-    precision: str = "auto"  # generative models: "auto" (bf16 where the CPU has it natively), "bf16", "fp32"
+    # "auto" (bf16 or fp16 where the hardware runs it natively, see ftlib.devices), "fp32", "bf16", "fp16"
+    precision: str | None = None
     # Your own data instead of a registered data set (see ftlib.userdata); None sizes there
     # mean whole splits.
     data: str | None = None
@@ -121,6 +122,10 @@ def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConf
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+    from ftlib.devices import PRECISIONS
+
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {list(PRECISIONS)}; got {cfg.precision!r}.")
     if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
         raise ValueError(f"--image-size must be a multiple of 32 (64, 96, 224...); got {cfg.image_size!r}.")
     from ftlib.techniques import TECHNIQUES

@@ -326,7 +326,7 @@ def _options(technique: "Technique", cfg) -> dict:
 def _training_kwargs(cfg, opts: dict) -> dict:
     """The run's budget for techniques that train with ``fit``; ``lr_factor`` scales ``cfg.lr``."""
     return {"epochs": cfg.epochs, "lr": cfg.lr * opts.pop("lr_factor", 1.0), "seed": cfg.seed,
-            "progress": cfg.progress}
+            "progress": cfg.progress, "precision": getattr(cfg, "precision", None) or "fp32"}
 
 
 def _scratch_kwargs(cfg, opts: dict) -> dict:
