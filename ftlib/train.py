@@ -5,7 +5,9 @@ runs them for several epochs and records a :class:`History` (train and validatio
 and accuracy, learning rate, seconds per epoch) with a progress bar and time estimate.
 It supports early stopping on validation with best-weights restore, gradient clipping,
 a warmup schedule, per-group learning rates, an extra penalty (L2-SP) and a per-epoch
-hook (gradual unfreezing). A seed makes two runs give the same history.
+hook (gradual unfreezing). A seed makes two runs give the same history. ``precision``
+runs the steps under autocast, and under ``accelerate launch`` the same ``fit`` trains
+on every process (how: ``ftlib.devices``).
 
 Batches are dicts with a ``"labels"`` entry (see ``ftlib.data``). The test set is not
 used here: ``ftlib.evaluate`` touches it once, at the end.
@@ -13,8 +15,6 @@ used here: ``ftlib.evaluate`` touches it once, at the end.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from typing import Callable, Iterable
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from ftlib.devices import default_device, make_runner, reproducible, set_seed, to_device
 from ftlib.freezing import set_frozen_batchnorm_eval
+from ftlib.progress import _progress  # features and sft show their bars through train too
 
 __all__ = [
     "set_seed",
@@ -54,69 +55,6 @@ def logits_and_labels(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torc
         out = model(**inputs)
     logits = out.logits if hasattr(out, "logits") else out
     return logits, batch["labels"]
-
-
-def progress_style() -> str:
-    """``"bars"`` in Jupyter or when stderr is a terminal, else ``"lines"``.
-
-    Progress bars redraw themselves with carriage returns, which a log file, CI or
-    ``nohup`` keeps as hundreds of fragments; off a terminal each phase prints one line
-    with its time instead. ``FTLIB_PROGRESS=bars`` or ``=lines`` overrides the guess.
-    """
-    forced = os.environ.get("FTLIB_PROGRESS", "").strip().lower()
-    if forced in ("bars", "lines"):
-        return forced
-    if _in_jupyter():
-        return "bars"
-    stream = sys.stderr
-    return "bars" if stream is not None and hasattr(stream, "isatty") and stream.isatty() else "lines"
-
-
-def _in_jupyter() -> bool:
-    shell = sys.modules.get("IPython")
-    ipython = getattr(shell, "get_ipython", lambda: None)() if shell is not None else None
-    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
-
-
-class _Lines:
-    """A stand-in for a tqdm bar off a terminal: one line per phase, when it ends."""
-
-    def __init__(self, iterable, desc: str = "", unit: str = "step", **_):
-        self.iterable, self.desc, self.unit = iterable, desc, unit
-
-    def __iter__(self):
-        start, n = time.perf_counter(), 0
-        for n, item in enumerate(self.iterable, 1):
-            yield item
-        unit = self.unit if n == 1 else {"batch": "batches"}.get(self.unit, self.unit + "s")
-        print(f"{self.desc}: {n} {unit} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
-
-    def set_postfix(self, **_) -> None:
-        """Live figures belong to a bar; the epoch's summary line carries them here."""
-
-    @staticmethod
-    def write(text: str) -> None:
-        print(text, flush=True)  # where tqdm.write prints too
-
-
-def _progress(iterable, enabled: bool, *, leave: bool = False, **kwargs):
-    if not enabled:
-        return iterable
-    if progress_style() == "lines":
-        return _Lines(iterable, **kwargs)
-    import warnings
-
-    from tqdm import TqdmExperimentalWarning
-
-    # A widget in Jupyter, text in a terminal. Not tqdm.auto: in a terminal that is the
-    # asyncio tqdm, which calls iter() on the loader once more when the bar is made, and
-    # each DataLoader iterator draws a seed from the loader's generator; the shuffling
-    # order, and so the results, would then depend on whether bars are shown.
-    with warnings.catch_warnings():  # what tqdm.auto does too
-        warnings.simplefilter("ignore", TqdmExperimentalWarning)
-        from tqdm.autonotebook import tqdm
-
-    return tqdm(iterable, leave=leave, dynamic_ncols=True, **kwargs)
 
 
 def train_one_epoch(
