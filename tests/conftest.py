@@ -4,6 +4,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# `ftlib check` run by tests leaves no warm server behind (tests/grading/test_warm.py starts its own).
+os.environ.setdefault("FTLIB_CHECK_WARM", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

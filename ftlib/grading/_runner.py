@@ -127,20 +127,22 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, spec["cwd"])
     sys.path[1:1] = spec.get("path", [])
     with open(results_path, "a", encoding="utf-8") as out:
+        start = time.monotonic()
         failed = guard.install(_modules_to_watch(spec["watched"], spec.get("maybe_modules", [])))
-        _emit(out, event="guard", not_importable=failed)
+        _emit(out, event="guard", not_importable=failed, seconds=round(time.monotonic() - start, 3))
         ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         signal.signal(signal.SIGALRM, _on_alarm)
         for cell in spec["load"]:
             label = f"{cell['kind']} cell {cell['label']}"
             signal.setitimer(signal.ITIMER_REAL, spec["timeout"])
+            start = time.monotonic()
             try:
                 exec(compile(cell["source"], f"<{label}>", "exec"), ns)
             except BaseException as e:
-                _emit(out, event="load", label=label, status="fail",
+                _emit(out, event="load", label=label, status="fail", seconds=round(time.monotonic() - start, 3),
                       message=_describe(e) + _learner_line(e, f"<{cell['kind']} cell"))
             else:
-                _emit(out, event="load", label=label, status="ok")
+                _emit(out, event="load", label=label, status="ok", seconds=round(time.monotonic() - start, 3))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         for cell in spec["grade"]:

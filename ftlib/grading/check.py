@@ -22,7 +22,7 @@ import sys
 import tempfile
 from typing import Any
 
-from ftlib.grading import guard
+from ftlib.grading import guard, warm
 from ftlib.grading.limits import parse_memory, run_limited
 from ftlib.grading.notebook import (
     NotebookError,
@@ -141,7 +141,7 @@ def _select(cells: list[Cell], exercise: str | None) -> list[Cell]:
 
 def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 60.0,
                    release_dir: str | None = None, memory: int | None = None,
-                   show_output: bool = False) -> dict[str, Any]:
+                   show_output: bool = False, warm_start: bool | None = None) -> dict[str, Any]:
     """Check one notebook in a fresh process and return the results as data.
 
     Parameters
@@ -159,13 +159,19 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
         Bytes of memory allowed to the checking process tree.
     show_output : bool
         Let the learner code's stdout/stderr through to this process's stderr.
+    warm_start : bool, optional
+        Run in a process forked by a warm server that has the libraries imported, and
+        start one for the next check if none answers (see `ftlib.grading.warm`).
+        Default: `warm.enabled` (on, except in CI, under ``memory``, with
+        ``FTLIB_CHECK_WARM=0`` or where memory is short).
 
     Returns
     -------
     dict
         ``results`` (one dict per grade cell: grade_id, points, status, message),
-        ``load_errors``, ``warnings``, ``source`` (where the grade cells came from)
-        and ``process`` (how the checking process ended).
+        ``load_errors``, ``warnings``, ``source`` (where the grade cells came from),
+        ``process`` (how the checking process ended) and ``timings`` (seconds spent
+        importing the checked modules, in each loaded cell and in each grade cell).
 
     Raises
     ------
@@ -220,9 +226,18 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
         env.setdefault("MPLBACKEND", "Agg")
         sink = None if show_output else subprocess.DEVNULL
         limit = 30 + timeout * (len(load) + len(graded))
-        run = run_limited([sys.executable, "-m", "ftlib.grading._runner", spec_path, results_path],
-                          timeout=limit, memory=memory, stdin=subprocess.DEVNULL, stdout=sink,
-                          stderr=sink, env=env, cwd=cwd)
+        server = warm.socket_path(env) if (warm_start if warm_start is not None else warm.enabled(memory)) else None
+        run = None
+        if server:
+            run = warm.run(server, [spec_path, results_path], env=env, cwd=cwd, timeout=limit,
+                           show_output=show_output)
+        served = run is not None
+        if run is None:
+            run = run_limited([sys.executable, "-m", "ftlib.grading._runner", spec_path, results_path],
+                              timeout=limit, memory=memory, stdin=subprocess.DEVNULL, stdout=sink,
+                              stderr=sink, env=env, cwd=cwd)
+            if server:  # warm for the next check
+                warm.start(server, env)
         events = []
         if os.path.exists(results_path):
             with open(results_path, encoding="utf-8") as f:
@@ -241,8 +256,9 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
                  "message": "tests hidden until grading"} for c in hidden]
     results.sort(key=lambda r: order[r["grade_id"]])
     load_errors = [e for e in events if e["event"] == "load" and e["status"] == "fail"]
+    timings = [(e.get("label") or e.get("grade_id") or e["event"], e["seconds"]) for e in events if "seconds" in e]
     return {"results": results, "load_errors": load_errors, "warnings": warnings, "source": where,
-            "process": run._asdict()}
+            "process": {**run._asdict(), "warm": served}, "timings": timings}
 
 
 def _package_root() -> str:
