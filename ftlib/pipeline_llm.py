@@ -75,14 +75,14 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     log(f"[1/7] Model: {spec.name} - {spec.description}; {spec.num_parameters} parameters; "
         f"{spec.input_size}; weights: {spec.source}")
     set_seed(cfg.seed)
-    model, tokenizer = load_causal_lm(cfg.model, allow_download=cfg.allow_download)
     # bf16 with LoRA: the frozen weights are stored in bf16 (half the memory, no cast at
-    # every step) while the adapters and their optimizer stay fp32. Full fine-tuning keeps
-    # fp32 weights (AdamW updates in bf16 would round most of them away) under autocast.
+    # every step; read straight into bf16, never held in fp32 too) while the adapters and
+    # their optimizer stay fp32. Full fine-tuning keeps fp32 weights (AdamW updates in bf16
+    # would round most of them away) under autocast.
     stored_bf16 = bf16 and cfg.technique == "lora"
-    if stored_bf16:
-        model.to(torch.bfloat16)
     autocast = bf16 and not stored_bf16
+    model, tokenizer = load_causal_lm(cfg.model, allow_download=cfg.allow_download,
+                                      dtype=torch.bfloat16 if stored_bf16 else torch.float32)
 
     raw = load_dataset(cfg.dataset)
     splits = split_dataset(raw, train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,

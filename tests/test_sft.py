@@ -89,7 +89,7 @@ def test_loss_is_the_mean_over_labelled_next_tokens():
 def test_sft_model_projects_only_labelled_positions_and_fit_sees_the_same_loss(tok, lm):
     examples = [sft.build_sft_example(tok, p, c, 256) for p, c in [("a", "yes"), ("bcd", "no")]]
     collated = sft.collate_sft(examples, tok.pad_token_id)
-    [batch] = list(sft.make_sft_loader(examples, tok.pad_token_id, batch_size=2))
+    [batch] = list(sft.make_sft_loader(examples, tok.pad_token_id, batch_size=2, pad_to_multiple_of=None))
     full = lm(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"]).logits
     # The loader sorts by length; both give the same set of (row, position) pairs here.
     assert batch["input_ids"].tolist() == collated["input_ids"].tolist()
@@ -98,6 +98,26 @@ def test_sft_model_projects_only_labelled_positions_and_fit_sees_the_same_loss(t
     assert torch.allclose(logits, full[batch["target_mask"]], atol=1e-5)
     assert torch.allclose(F.cross_entropy(logits, batch["labels"]), sft.causal_lm_loss(full, collated["labels"]),
                           atol=1e-5)
+
+
+def test_lengths_padded_to_a_multiple_of_16_change_neither_logits_nor_labels(tok, lm):
+    examples = [sft.build_sft_example(tok, p, c, 256) for p, c in [("a", "yes"), ("bcdefgh", "no"), ("xy", "ok")]]
+    [exact] = list(sft.make_sft_loader(examples, IM_END, batch_size=3, pad_to_multiple_of=None))
+    [padded] = list(sft.make_sft_loader(examples, IM_END, batch_size=3))
+    width = exact["input_ids"].shape[1]
+    assert width % 16 and padded["input_ids"].shape == (3, width + (-width) % 16)
+    assert torch.equal(padded["input_ids"][:, :width], exact["input_ids"])
+    assert not padded["attention_mask"][:, width:].any() and not padded["target_mask"][:, width:].any()
+    assert torch.equal(padded["labels"], exact["labels"])
+    model = sft.SFTModel(lm.eval())
+    assert torch.allclose(model(padded["input_ids"], padded["attention_mask"], padded["target_mask"]),
+                          model(exact["input_ids"], exact["attention_mask"], exact["target_mask"]), atol=1e-5)
+
+
+def test_loader_token_budget_counts_the_padded_length(tok):
+    examples = [sft.build_sft_example(tok, "x" * n, "y", 512) for n in [10, 11, 12, 13]]  # 69-72 tokens
+    loader = sft.make_sft_loader(examples, IM_END, batch_size=4, max_tokens=4 * 72)
+    assert [tuple(b["input_ids"].shape) for b in loader] == [(3, 80), (1, 80)]  # 4 x 80 > 288
 
 
 def test_loader_is_seeded_and_covers_every_example_once(tok):

@@ -45,6 +45,15 @@ def test_missing_package_gives_the_exact_install_command(monkeypatch, tmp_path):
         load_causal_lm("smollm2-135m")
 
 
+def test_load_causal_lm_reads_the_weights_in_the_dtype_asked_for():
+    import torch
+
+    model, _ = load_causal_lm("tiny-llama", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training
+    with pytest.raises(ValueError, match="dtype must be"):
+        load_causal_lm("tiny-llama", dtype="bf16")
+
+
 def test_classifier_loader_points_generative_models_to_load_causal_lm():
     with pytest.raises(ValueError, match="load_causal_lm"):
         load_model("tiny-llama")

@@ -1,11 +1,12 @@
-"""SmolLM2-135M-Instruct on Rotten Tomatoes: zero-shot vs LoRA vs full fine-tuning, over seeds.
+"""SmolLM2-135M-Instruct on Rotten Tomatoes (or BBC News): zero-shot vs LoRA vs full fine-tuning, over seeds.
 
 Each run is ``ftlib finetune --model smollm2-135m`` in its own process (under TCMalloc, as
 the command restarts itself), so its peak memory is its own. The test set is the MiniLM
 job's (same grouped split, 2,000 reviews) unless --test-size says otherwise.
-Prints a table (mean ± std over seeds) and writes bench/results/llm/summary.json.
+Prints a table (mean ± std over seeds) and writes bench/results/llm/summary-<dataset>.json.
 
 Run: .venv/bin/python bench/llm/bench_finetune.py [--seeds 0 1 2] [--techniques lora full] [--test-size 2000]
+     [--dataset bbc-news]
 """
 import argparse
 import json
@@ -18,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(technique: str, seed: int, args) -> dict:
-    out = Path(args.out) / f"{technique}-seed{seed}"
-    command = [str(ROOT / ".venv/bin/ftlib"), "finetune", "--model", "smollm2-135m", "--technique", technique,
+    out = Path(args.out) / f"{args.dataset}-{technique}-seed{seed}"
+    command = [str(ROOT / ".venv/bin/ftlib"), "finetune", "--model", "smollm2-135m", "--dataset", args.dataset,
+               "--technique", technique,
                "--seed", str(seed), "--test-size", str(args.test_size), "--quiet", "--out", str(out)]
     if args.train_size:
         command += ["--train-size", str(args.train_size)]
@@ -38,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--techniques", nargs="+", default=["lora"], choices=["lora", "full"])
+    parser.add_argument("--dataset", default="rotten-tomatoes", choices=["rotten-tomatoes", "bbc-news"])
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--out", default=str(ROOT / "bench/results/llm"))
@@ -62,7 +65,7 @@ def main() -> None:
               f"{s['trainable_parameters']:,} of {s['total_parameters']:,} parameters trained "
               f"({100 * s['trainable_parameters'] / s['total_parameters']:.2f}%); precision {s['precision']}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    (Path(args.out) / f"summary-{args.dataset}.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -73,3 +73,12 @@ def test_a_short_lora_run_lowers_the_loss_on_held_out_reviews(smollm2):
     model.load_state_dict(state)
     with torch.no_grad():
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_bf16_weights_load_from_their_own_cache_equal_to_the_fp32_ones_rounded(smollm2):
+    model, _ = smollm2
+    bf16, _ = load_causal_lm("smollm2-135m", dtype=torch.bfloat16)
+    assert (cache_dir() / "smollm2-135m-instruct-q4_1-dequantized-bf16" / "model.safetensors").exists()
+    fp32 = model.state_dict()
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, fp32[k].to(torch.bfloat16))
+               for k, v in bf16.state_dict().items())
