@@ -190,8 +190,21 @@ try {
     if (shown.length > 10 || shown.some((l) => /ftlib\/checks|site-packages/.test(l))) {
       throw new Error(`the failed check shows ${shown.length} lines (at most 10, none in ftlib): ${shown.slice(0, 12).join(" / ")}`);
     }
+    // What it shows is the check's own report, not a traceback: the three parts of the message.
+    const text = shown.join("\n");
+    for (const part of [/expected: /, /found: /, /hint: /, /checked by: +Cell In\[/]) {
+      if (!part.test(text)) throw new Error(`the failed check's output lacks ${part}: ${shown.join(" / ")}`);
+    }
+    if (/Traceback \(most recent call last\)/.test(text)) {
+      throw new Error(`the failed check still prints a traceback: ${shown.slice(0, 12).join(" / ")}`);
+    }
     log(`the failed check shows ${shown.length} lines`);
     await shot(page, "02-wrong-answer-check-message.png", error);
+    // The rendered message alone, as the learner reads it (the artifact for reviewers).
+    const alone = path.join(ART, "02b-check-message-only.png");
+    await error.screenshot({ path: alone });
+    shots.push(alone);
+    log(`screenshot ${alone}`);
   });
 
   await step("wrong answer, Validate: the dialog shows the failure and the message", async () => {
