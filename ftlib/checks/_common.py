@@ -191,6 +191,9 @@ def _describe(value: Any) -> str:
         return f"<{type(value).__name__} model>"
     if isinstance(value, torch.Tensor):
         return f"<tensor of shape {tuple(value.shape)}>"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(b, dict) for b in value):
+        first = ", ".join(f"{k}: {_describe(v)}" for k, v in value[0].items())
+        return f"<{len(value)} batches like {{{first}}}>"  # enough to build the same in a scratch cell
     if isinstance(value, (list, tuple)) and len(value) > 3:
         return f"<{type(value).__name__} of {len(value)}>"
     return _short(value, 40)

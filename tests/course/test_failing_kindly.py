@@ -38,3 +38,39 @@ def test_a_wrong_answer_shows_the_message_in_a_few_lines():
     assert "count_parameters(<" in crash_text and "model>) raised AttributeError" in crash_text, crash_text
     assert "in your code: Cell In[" in crash_text and "return sizes.total, sum(sizes)" in crash_text, crash_text
     assert "scratch cell" in crash_text
+
+
+def test_a_crash_on_batches_says_what_they_hold():
+    """A learner whose loop crashes on the check's batches can build the same in a scratch cell."""
+    import pytest
+
+    from ftlib.checks import BNNet
+    from ftlib.checks._common import CheckFailure, call, tiny_image_loader
+
+    def train_one_epoch(model, loader):
+        for batch in loader:
+            model(batch["images"])  # the key is "pixel_values"
+
+    with pytest.raises(CheckFailure) as failure:
+        call(train_one_epoch, BNNet(), tiny_image_loader(), name="train_one_epoch")
+    message = str(failure.value)
+    assert "train_one_epoch(<BNNet model>, <4 batches like {pixel_values: <tensor of shape (8, 3, 8, 8)>, " \
+           "labels: <tensor of shape (8,)>}>) raised KeyError: 'images'" in message, message
+    assert "scratch cell" in message and "from ftlib.checks import BNNet" in message, message
+
+
+def test_every_exercise_has_a_scratch_cell_below_it():
+    from ftlib.checks.notebooks import assignments, solution_notebook
+
+    missing = []
+    for name in assignments():
+        if name[:2] > "08":
+            continue  # 09 has another owner
+        cells = nbformat.read(str(solution_notebook(name)), as_version=4).cells
+        for cell, below in zip(cells, cells[1:] + [None]):
+            meta = cell.metadata.get("nbgrader", {})
+            if cell.cell_type == "code" and meta.get("solution"):
+                if below is None or below.cell_type != "code" or below.metadata.get("nbgrader") \
+                        or not below.source.startswith("# Scratch cell"):
+                    missing.append(f"{name}: {meta['grade_id']}")
+    assert missing == []
