@@ -1,7 +1,8 @@
 """Where and how training runs: device, precision, seeds, and one process or many.
 
 Shared by step 6 (``ftlib.train``) and everything that trains or evaluates: the device
-moves (pinned memory on CUDA, so ``non_blocking`` overlaps the copy), the precision a
+moves (pinned memory on CUDA, so ``non_blocking`` overlaps the copy), the logits and
+labels of a batch for any model, the precision a
 machine runs natively (decided from the hardware, never assumed), seeding (GPU runs made
 reproducible where the backend allows) and the two ways ``fit`` runs its steps:
 
@@ -26,6 +27,7 @@ __all__ = [
     "PRECISIONS",
     "default_device",
     "to_device",
+    "logits_and_labels",
     "set_seed",
     "reproducible",
     "cpu_has_native_bf16",
@@ -64,6 +66,20 @@ def _move(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor
     if pin and tensor.device.type == "cpu" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def logits_and_labels(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` on a dict batch; works for Hugging Face and plain PyTorch models."""
+    if not isinstance(batch, dict) or "labels" not in batch:
+        raise TypeError("batches must be dicts with a 'labels' entry (see ftlib.data.make_loader); "
+                        f"got {type(batch).__name__}.")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if set(inputs) == {"pixel_values"} and not hasattr(model, "config"):
+        out = model(inputs["pixel_values"])
+    else:
+        out = model(**inputs)
+    logits = out.logits if hasattr(out, "logits") else out
+    return logits, batch["labels"]
 
 
 def set_seed(seed: int) -> None:

@@ -114,7 +114,8 @@ def _batch_features(backbone: nn.Module, inputs: dict, layers: int = 1) -> torch
 
 
 def _run(model: nn.Module, loader: Iterable[dict], fn, device, progress: bool, desc: str):
-    from ftlib.train import _progress, _to
+    from ftlib.devices import to_device as _to
+    from ftlib.progress import _progress
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -176,7 +177,7 @@ def head_inputs(model: nn.Module, loader: Iterable[dict], *, device=None,
     linear = _last_linear(head)
 
     def fn(m: nn.Module, inputs: dict) -> torch.Tensor:
-        from ftlib.train import logits_and_labels
+        from ftlib.devices import logits_and_labels
 
         captured = []
         hook = linear.register_forward_pre_hook(lambda module, args: captured.append(args[0]))

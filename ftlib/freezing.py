@@ -145,7 +145,8 @@ def recalibrate_batchnorm(model: nn.Module, loader, *, device=None) -> int:
     see (AdaBN, Li et al. 2016). Returns how many layers were recalibrated (0 for
     LayerNorm models such as MiniLM, which have no running statistics).
     """
-    from ftlib.train import _to, logits_and_labels
+    from ftlib.devices import logits_and_labels
+    from ftlib.devices import to_device as _to
 
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not layers:

@@ -205,7 +205,8 @@ def lr_range_test(
     of the steepest descent of the smoothed loss, a common starting point (a rate a
     few times below the minimum of the curve).
     """
-    from ftlib.train import _to, logits_and_labels
+    from ftlib.devices import logits_and_labels
+    from ftlib.devices import to_device as _to
 
     _check_positive("start_lr", start_lr)
     _check_positive("end_lr", end_lr)

@@ -14,6 +14,7 @@ used here: ``ftlib.evaluate`` touches it once, at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Iterable
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftlib.devices import default_device, make_runner, reproducible, set_seed, to_device
+from ftlib.devices import default_device, logits_and_labels, make_runner, reproducible, set_seed, to_device
 from ftlib.freezing import set_frozen_batchnorm_eval
 from ftlib.progress import _progress  # features and sft show their bars through train too
 
@@ -37,24 +38,6 @@ __all__ = [
     "History",
     "fit",
 ]
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return to_device(batch, device)
-
-
-def logits_and_labels(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` on a dict batch; works for Hugging Face and plain PyTorch models."""
-    if not isinstance(batch, dict) or "labels" not in batch:
-        raise TypeError("batches must be dicts with a 'labels' entry (see ftlib.data.make_loader); "
-                        f"got {type(batch).__name__}.")
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if set(inputs) == {"pixel_values"} and not hasattr(model, "config"):
-        out = model(inputs["pixel_values"])
-    else:
-        out = model(**inputs)
-    logits = out.logits if hasattr(out, "logits") else out
-    return logits, batch["labels"]
 
 
 def train_one_epoch(
@@ -96,7 +79,7 @@ def train_one_epoch(
     seen, steps = 0, 0
     bar = _progress(loader, progress, desc=desc, unit="batch")
     for batch in bar:
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         with runner.autocast():
             logits, labels = logits_and_labels(model, batch)
             loss = loss_fn(logits, labels)
@@ -183,7 +166,7 @@ def evaluate(
     y_true, y_pred, sums = [], [], []
     try:
         for batch in _progress(loader, progress, desc=desc, unit="batch"):
-            batch = _to(batch, device)
+            batch = to_device(batch, device)
             with runner.autocast():
                 logits, labels = logits_and_labels(model, batch)
                 loss = loss_fn(logits, labels)
@@ -334,7 +317,9 @@ def fit(
     confident on the examples it gets wrong) while accuracy still improves, so choosing
     on loss would stop at epoch 1. ``precision``: "fp32", "bf16", "fp16" (autocast; fp16
     with a gradient scaler) or "auto" (what the hardware runs natively, see
-    ``ftlib.devices.resolve_precision``); ``History.precision`` records what ran.
+    ``ftlib.devices.resolve_precision``); ``History.precision`` records what ran. A
+    ``seed`` seeds Python, NumPy and PyTorch, the training loader's shuffling and, on
+    CUDA, asks for deterministic kernels (``ftlib.devices.reproducible``).
 
     Under ``accelerate launch`` the same call trains on every process: each sees its
     share of the DataLoaders, gradients are averaged, validation metrics are gathered
@@ -380,7 +365,7 @@ def fit(
                                warmup_steps=int(warmup * total_steps))
     inner = model
     try:
-        with reproducible(device):
+        with reproducible(device) if seed is not None else contextlib.nullcontext():
             model, optimizer, scheduler, train_loader, val_loader = runner.prepare(
                 model, optimizer, scheduler, train_loader, val_loader)
             for p, flag in flags.items():

@@ -37,14 +37,16 @@ def test_probe_model_returns_logits_on_the_backbone_device(monkeypatch):
 
 
 def test_lr_range_test_moves_batches_to_the_model_device(monkeypatch):
+    from ftlib import devices
+
     moved = []
-    real = train._to
+    real = devices.to_device
 
     def spy(batch, device):
         moved.append(torch.device(device))
         return real(batch, device)
 
-    monkeypatch.setattr(train, "_to", spy)
+    monkeypatch.setattr(devices, "to_device", spy)
     model = TinyCNN(num_classes=3)
     optim.lr_range_test(model, make_image_loader(n=48), num_steps=5)
     assert moved and set(moved) == {next(model.parameters()).device}
@@ -131,3 +133,5 @@ def test_fit_trains_inside_reproducible_for_its_device(monkeypatch):
     monkeypatch.setattr(train, "reproducible", spy)
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, device="cpu")
     assert seen == [torch.device("cpu")]
+    train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, seed=None)
+    assert len(seen) == 1  # no seed, no reproducibility asked for: the fastest kernels
