@@ -25,6 +25,9 @@ def run(technique: str, seed: int, args) -> dict:
                "--seed", str(seed), "--test-size", str(args.test_size), "--quiet", "--out", str(out)]
     if args.train_size:
         command += ["--train-size", str(args.train_size)]
+    if args.reuse and (out / "metrics.json").exists():
+        print(f"reusing {out / 'metrics.json'}", flush=True)
+        return json.loads((out / "metrics.json").read_text())
     print(" ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads((out / "metrics.json").read_text())
@@ -44,6 +47,8 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--out", default=str(ROOT / "bench/results/llm"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the runs already in --out (same options) instead of running them again")
     args = parser.parse_args()
     runs = {t: [run(t, s, args) for s in args.seeds] for t in args.techniques}
     summary = {}

@@ -25,6 +25,7 @@ ASSIGNMENTS = {
     "06_train_and_monitor": "train_and_monitor",
     "07_evaluate": "evaluate",
     "08_techniques": "techniques",
+    "09_llm_finetuning": "llm_finetuning",
 }
 
 # checks module -> exercise names (each has check_<name> and a reference in ftlib)
@@ -37,6 +38,7 @@ EXERCISES = {
     "train_and_monitor": ["train_one_epoch", "evaluate", "EarlyStopping"],
     "evaluate": ["confusion_matrix", "macro_f1", "bootstrap_interval", "select_and_test"],
     "techniques": ["extract_features", "l2sp_penalty"],
+    "llm_finetuning": ["build_sft_example", "collate_sft", "causal_lm_loss", "score_choices", "greedy_generate"],
 }
 
 

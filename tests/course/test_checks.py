@@ -7,10 +7,12 @@ from wrong_answers import WRONG
 
 def _reference(module: str, exercise: str):
     import ftlib.checks.evaluate as evaluate_checks
-    from ftlib import data, evaluate, freezing, heads, models, optim, train, weights
+    from ftlib import data, evaluate, freezing, heads, models, optim, sft, train, weights
 
     if exercise == "select_and_test":
         return evaluate_checks.reference_select_and_test
+    if module == "llm_finetuning":
+        return getattr(sft, exercise)
     for lib in (models, data, weights, heads, freezing, optim, train, evaluate):
         if hasattr(lib, exercise):
             return getattr(lib, exercise)

@@ -828,3 +828,5 @@ WRONG_LLM = {
                         ("keeps special tokens", generate_keeps_special_tokens),
                         ("no chat template", generate_without_template)],
 }
+
+WRONG.update(WRONG_LLM)
