@@ -102,6 +102,9 @@ class FinetuneConfig:
         for key, size in zip(("train_size", "val_size", "test_size"), data_spec.sizes):
             if getattr(cfg, key) is None:
                 setattr(cfg, key, size)
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) is None and getattr(data_spec, key) is not None:
+                setattr(cfg, key, getattr(data_spec, key))
         return _check_numbers(cfg, optional_sizes=False)
 
 
