@@ -73,5 +73,5 @@ def test_only_the_main_process_writes_and_prints(launched):
     assert len(runs) == 1, runs  # each process would name its own folder by its start time
     assert (runs[0] / "metrics.json").exists() and (runs[0] / "model").is_dir()
     metrics = json.loads((runs[0] / "metrics.json").read_text())
-    assert metrics["train_size"] + metrics["val_size"] + metrics["test_size"] == 36
+    assert metrics["train_size"] + metrics["val_size"] + metrics["test_size"] == 36 and metrics["precision"] == "fp32"
     assert log.count("[1/7]") == 1 and log.count("epoch 1/3: train loss") == 1, log
