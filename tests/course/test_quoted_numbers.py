@@ -24,8 +24,10 @@ from ftlib.checks.notebooks import ROOT, assignments, errors, run_notebook, solu
 
 NUMBER = re.compile(r"(?<![\w.,])(\d+\.\d{2,}|\d{1,3}(?:,\d{3})+)(?![\w]|[.,]\d)")
 FREE_TEXT = ("literature:", "example:")
-# 09 (another owner) is not declared yet: widen this to assignments() once it is.
-NAMES = [n for n in assignments() if n[:2] <= "08"]
+NAMES = assignments()
+# Executing 09 once more would add ~3 min to the suite, so its "printed" figures are
+# declared and checked against their sources here, but not against an executed run.
+EXECUTED = [n for n in NAMES if n[:2] <= "08"]
 
 
 def quoted_numbers(text: str) -> list[str]:
@@ -133,7 +135,7 @@ def test_numbers_inside_longer_numbers_do_not_count():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in NAMES if any(
+@pytest.mark.parametrize("name", [n for n in EXECUTED if any(
     source == "printed" for cell in _cells(solution_notebook(n))
     for source in cell.get("metadata", {}).get("ftlib", {}).get("quotes", {}).values())])
 def test_numbers_quoted_as_printed_are_printed(name):
