@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ftlib.devices import cpu_has_native_bf16
+
 __all__ = [
     "SYSTEM_PROMPT",
     "IGNORE_INDEX",
@@ -174,18 +176,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
-def bf16_is_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True where the CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX).
-
-    Read from the CPU's flags, not assumed: on AVX2-only CPUs PyTorch emulates bf16 and
-    autocast makes training slower, not faster.
-    """
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+# Where the CPU multiplies bf16 matrices in hardware: one detection for fit and SFT.
+bf16_is_native = cpu_has_native_bf16
 
 
 def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
