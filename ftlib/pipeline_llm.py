@@ -37,11 +37,10 @@ def instruction_prompts(dataset: str, texts) -> list[str]:
 
 
 def _precision(choice: str) -> str:
-    from ftlib.sft import bf16_is_native
+    """``"bf16"`` or ``"fp32"``: ftlib.devices decides what ``"auto"`` means (the job runs on the CPU)."""
+    from ftlib.devices import resolve_precision
 
-    if choice == "auto":
-        return "bf16" if bf16_is_native() else "fp32"
-    return choice
+    return resolve_precision(choice, "cpu")
 
 
 def _describe_precision(stored_bf16: bool, autocast: bool) -> str:

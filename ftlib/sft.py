@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ftlib import devices
 from ftlib.devices import cpu_has_native_bf16
 
 __all__ = [
@@ -180,6 +181,11 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 bf16_is_native = cpu_has_native_bf16
 
 
+def _autocast(bf16: bool, device):
+    """bf16 autocast on ``device`` (nothing for fp32): the same context as ``fit``'s, from ftlib.devices."""
+    return devices.autocast("bf16" if bf16 else "fp32", device)
+
+
 def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     target_mask: torch.Tensor) -> torch.Tensor:
     """Logits ``(N, V)`` only at the N positions where ``target_mask`` (B, T) is True.
@@ -208,7 +214,7 @@ class SFTModel(nn.Module):
         self.model, self.bf16 = model, bf16
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with _autocast(self.bf16, input_ids.device):
             logits = labelled_logits(self.model, input_ids, attention_mask, target_mask)
         return logits.float()  # (N, V)
 
@@ -404,7 +410,7 @@ def choice_scores(model: nn.Module, tokenizer, prompts: Sequence[str], choices: 
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]["input_ids"]))  # less padding
     scores = torch.empty(len(prompts), len(choices)) if single else torch.empty(len(pairs))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    with _eval_mode(model), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with _eval_mode(model), _autocast(bf16, next(model.parameters()).device):
         for idx in _progress(batches, progress, desc="score"):
             batch = collate_sft([pairs[i] for i in idx], tokenizer.pad_token_id)
             batch = _fit_batch(pad_to_multiple(batch, pad_to_multiple_of, tokenizer.pad_token_id))

@@ -41,3 +41,28 @@ def test_cli_finetune_full_and_fp32(tmp_path, capsys):
     assert saved["precision"] == "fp32" and saved["trainable_parameters"] == saved["total_parameters"]
     assert not (tmp_path / "adapter").exists()
     assert "Zero-shot" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, capability, expected", [
+    (True, "AVX512", "bf16"),  # AVX-512 BF16 or AMX
+    (False, "AVX512", "fp32"),  # AVX-512 without BF16: bf16 emulated
+    (True, "AVX2", "fp32"),  # PyTorch kept to AVX2 kernels
+])
+def test_the_generative_job_takes_its_precision_and_autocast_from_ftlib_devices(tmp_path, monkeypatch, flags,
+                                                                              capability, expected):
+    """One precision decision in the library: if pipeline_llm or sft decided on their own, this fails."""
+    import torch
+
+    from ftlib import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda cpuinfo="/proc/cpuinfo": flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert devices.resolve_precision("auto", "cpu") == expected
+    asked, autocast = [], devices.autocast
+    monkeypatch.setattr(devices, "autocast", lambda precision, device: asked.append(precision) or autocast(precision,
+                                                                                                        device))
+    # Full fine-tuning keeps fp32 weights, so bf16 is an autocast around every forward pass.
+    finetune(model="tiny-llama", technique="full", train_size=4, val_size=2, test_size=4, batch_size=4,
+             max_length=384, out=str(tmp_path), progress=False, log=lambda _: None)
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == expected
+    assert asked and set(asked) == {expected, "fp32"}  # fit's own steps stay fp32: SFTModel autocasts inside
