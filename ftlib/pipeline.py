@@ -95,6 +95,8 @@ class FinetuneConfig:
             raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
         data_spec = DATASETS[cfg.dataset]
         if cfg.task == "text generation":
+            if self.test_size is None:  # the job's 500, or fewer where the data set's test split is smaller
+                cfg.test_size = min(cfg.test_size, data_spec.sizes[2])
             return _resolve_generation(cfg, spec, data_spec)
         if spec.task != data_spec.task:
             raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but dataset {cfg.dataset!r} is a "

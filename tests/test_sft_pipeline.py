@@ -16,6 +16,9 @@ def test_a_generative_model_implies_its_task_and_lora(tmp_path):
     with pytest.raises(ValueError, match="no instruction framing"):
         FinetuneConfig(model="tiny-llama", dataset="fashion-mnist").resolved()
     assert FinetuneConfig().resolved().technique == "full"  # the classifier job is unchanged
+    # BBC News's grouped split leaves 422 articles for testing: the job's 500 would not fit
+    assert FinetuneConfig(model="tiny-llama", dataset="bbc-news").resolved().test_size == 400
+    assert FinetuneConfig(model="tiny-llama", test_size=2000).resolved().test_size == 2000
 
 
 def test_finetune_writes_metrics_generations_curves_and_the_adapter(tmp_path):
