@@ -30,7 +30,7 @@ _EXPORTS = {
     "LengthGroupedBatchSampler": "data",
     "load_data": "userdata", "inspect_data": "userdata", "DataError": "userdata",
     "save_finetuned": "saving", "load_finetuned": "saving",
-    "load_pretrained_weights": "weights", "top_k_classes": "weights", "sanity_check_imagenet": "weights",
+    "load_pretrained_weights": "weights", "top_k_classes": "weights", "sanity_check_imagenet": "forgetting",
     "replace_head": "heads", "set_dropout": "heads",
     "freeze_backbone": "freezing", "freeze_up_to": "freezing", "unfreeze": "freezing",
     "set_frozen_batchnorm_eval": "freezing", "recalibrate_batchnorm": "freezing", "GradualUnfreezing": "freezing",

@@ -74,7 +74,7 @@ def _cmd_datasets(args) -> int:
         return _cmd_inspect(args)
     import importlib.util
 
-    from ftlib.data import DATASETS, FASHION_MNIST_DIR
+    from ftlib.datasets import DATASETS, FASHION_MNIST_DIR
 
     def installed(name: str) -> str:
         if name == "fashion-mnist":
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "allow_download", False):
         os.environ.pop("HF_HUB_OFFLINE", None)
-    from ftlib.data import MissingDatasetError
+    from ftlib.datasets import MissingDatasetError
 
     try:
         return args.func(args)

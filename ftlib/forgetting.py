@@ -13,7 +13,9 @@ A second agreement puts the pretrained statistics back, separating what the weig
 forgot from what the statistics did.
 
 The photos are crops of scikit-learn's two sample images (a temple and a flower):
-real ImageNet-like content that ships offline.
+real ImageNet-like content that ships offline. The same photos give the check before any
+fine-tuning, :func:`sanity_check_imagenet` (step 3: the registered EfficientNet knows
+ImageNet, so its weights really loaded).
 """
 from __future__ import annotations
 
@@ -26,7 +28,27 @@ from torch import nn
 from ftlib.heads import find_head
 from ftlib.regularization import backbone_state, weight_distance
 
-__all__ = ["probe_photos", "reattach_head", "restore_buffers", "imagenet_predictions", "forgetting_report"]
+__all__ = ["sanity_check_imagenet", "probe_photos", "reattach_head", "restore_buffers", "imagenet_predictions",
+           "forgetting_report"]
+
+
+def sanity_check_imagenet(model: nn.Module | None = None, *, k: int = 5, size: int = 224) -> dict[str, list]:
+    """Top-``k`` ImageNet classes of the pretrained EfficientNet-Lite0 on the sample photos.
+
+    Expect "palace" (or a similar building) first for ``china`` and "daisy" for ``flower``.
+    """
+    from ftlib.batches import prepare_images
+    from ftlib.models import MODELS, load_model
+    from ftlib.weights import imagenet_class_names, sample_photos, top_k_classes
+
+    spec = MODELS["efficientnet-lite0"]
+    model = model if model is not None else load_model("efficientnet-lite0", num_classes=None)
+    names, photos = sample_photos()
+    h, w = photos.shape[1:3]
+    side = min(h, w)  # a centred square crop, as in ImageNet evaluation: no squashing
+    top, left = (h - side) // 2, (w - side) // 2
+    batch = prepare_images(photos[:, top:top + side, left:left + side], size, spec.mean, spec.std)
+    return dict(zip(names, top_k_classes(model, batch, k, imagenet_class_names())))
 
 
 def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.Tensor:
@@ -35,7 +57,7 @@ def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.T
     Each photo gives its centred square crop plus ``num_crops`` random square crops
     (a third to all of the shorter side), normalized for EfficientNet-Lite0.
     """
-    from ftlib.data import prepare_images
+    from ftlib.batches import prepare_images
     from ftlib.models import MODELS
     from ftlib.weights import sample_photos
 

