@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from ftlib.reporting import allocator, peak_memory_mb, save_run_plots
 
 __all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
 
@@ -180,21 +181,6 @@ def build_loaders(cfg: FinetuneConfig, splits, tokenizer=None):
             make_loader(splits.test, cfg.model, batch_size=2 * cfg.batch_size, group_by_length=grouped, **common))
 
 
-def _peak_memory_mb() -> float:
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _allocator() -> str:
-    """"tcmalloc" when this process runs on TCMalloc (see ``ftlib.cli``), else "system"."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return "system"
-    return "tcmalloc" if "tcmalloc" in maps else "system"
-
-
 def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None] = print, **options) -> dict:
     """Run the seven steps and return the metrics (also written to ``<out>/metrics.json``).
 
@@ -281,14 +267,14 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
         "trainable_parameters": result.get("trainable_parameters"), "precision": history.precision,
-        "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
-        "allocator": _allocator(),
+        "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
+        "allocator": allocator(),
         "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None,
     }
     if not main:
         return {**metrics, "out": str(out)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _save_plots(history, metrics_test, raw.class_names, out)
+    save_run_plots(history, metrics_test, raw.class_names, out)
     log(f"Done in {metrics['total_seconds']:.0f}s (peak memory {metrics['peak_memory_mb']:.0f} MB). "
         f"Results: {out / 'metrics.json'}, plots: {out / 'learning_curves.png'}, {out / 'confusion_matrix.png'}")
     if folder is None:
@@ -342,19 +328,3 @@ def _show_model(cfg: FinetuneConfig, spec, model, tokenizer, image_size, folder:
     for i, result in enumerate(kept.predict(examples)):
         shown = examples[i] if spec.task == "text" else f"test image {i + 1} (a {raw.class_names[splits.test.labels[i]]})"
         log(f"  {result['label']} ({result['probability']:.2f}): {shown}")
-
-
-def _save_plots(history, metrics_test: dict, class_names, out: Path) -> None:
-    import matplotlib
-
-    if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")  # files only; no window needed
-    import matplotlib.pyplot as plt
-
-    from ftlib.evaluate import plot_confusion_matrix, plot_history
-
-    if len(history):
-        ax = plot_history(history, path=out / "learning_curves.png")
-        plt.close(ax[0].figure)
-    ax = plot_confusion_matrix(metrics_test["confusion_matrix"], class_names, path=out / "confusion_matrix.png")
-    plt.close(ax.figure)

@@ -60,7 +60,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     from ftlib.evaluate import held_out_metrics
     from ftlib.models import count_parameters, get_model_spec, load_causal_lm
     from ftlib.optim import adamw
-    from ftlib.pipeline import _allocator, _peak_memory_mb, _save_plots
+    from ftlib.reporting import allocator, peak_memory_mb, save_run_plots
     from ftlib.train import fit, set_seed
 
     started = time.perf_counter()
@@ -162,12 +162,12 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         "max_length": cfg.max_length, "best_epoch": history.best_epoch, "history": history.to_list(),
         "test": test, "zero_shot": zero_shot, "trainable_parameters": trainable, "total_parameters": total,
         "precision": precision, "train_seconds": train_seconds, "train_tokens_per_second": tokens / train_seconds,
-        "total_seconds": time.perf_counter() - started, "peak_memory_mb": _peak_memory_mb(),
-        "allocator": _allocator(), "class_names": raw.class_names, "answers": answers,
+        "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
+        "allocator": allocator(), "class_names": raw.class_names, "answers": answers,
         "threads": torch.get_num_threads(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _save_plots(history, test, raw.class_names, out)
+    save_run_plots(history, test, raw.class_names, out)
     log(f"Done in {metrics['total_seconds']:.0f}s (training {train_seconds:.0f}s, peak memory "
         f"{metrics['peak_memory_mb']:.0f} MB). Results: {out / 'metrics.json'}, {out / 'generations.json'}"
         + (f", adapter: {out / 'adapter'}" if cfg.technique == "lora" else ""))

@@ -11,8 +11,6 @@ PACKAGE = Path(__file__).parent.parent / "ftlib"
 
 # Strongly connected groups of modules, with the imports that close them.
 KNOWN_CYCLES = {
-    # pipeline hands generative models to pipeline_llm, which reuses pipeline's helpers
-    frozenset({"ftlib.pipeline", "ftlib.pipeline_llm"}),
     # grade runs a class on a cluster; cluster reuses grade's helpers
     frozenset({"ftlib.grading.cluster", "ftlib.grading.grade"}),
 }
