@@ -22,6 +22,8 @@ __all__ = ["check_build_sft_example", "check_collate_sft", "check_causal_lm_loss
 # Imported once by `ftlib check` before its grade cells fork (see grading._runner).
 PRELOAD = ("transformers.models.llama.modeling_llama", "transformers.tokenization_utils_tokenizers",
            "transformers.generation.utils")
+# Built once before the grade cells fork, so the two checks that use it share it.
+PREPARE = ("_taught_state",)
 
 _IGNORE = -100
 
@@ -190,12 +192,13 @@ def _taught_state() -> tuple:
     from ftlib.optim import adamw
     from ftlib.train import fit
 
-    torch.manual_seed(0)
-    model, tok = load_causal_lm("tiny-llama")
-    examples = [reference.build_sft_example(tok, f"Say it {i}", "ok", 256) for i in range(16)]
-    loader = reference.make_sft_loader(examples, tok.pad_token_id, batch_size=8, shuffle=True)
-    fit(reference.SFTModel(model), loader, None, epochs=40, optimizer=adamw(model.parameters(), lr=1e-2),
-        schedule="constant", warmup=0.0, progress=False)
+    with quiet():  # one thread, no output: also when `ftlib check` builds it before any check
+        torch.manual_seed(0)
+        model, tok = load_causal_lm("tiny-llama")
+        examples = [reference.build_sft_example(tok, f"Say it {i}", "ok", 256) for i in range(16)]
+        loader = reference.make_sft_loader(examples, tok.pad_token_id, batch_size=8, shuffle=True)
+        fit(reference.SFTModel(model), loader, None, epochs=40, optimizer=adamw(model.parameters(), lr=1e-2),
+            schedule="constant", warmup=0.0, progress=False)
     return tuple((k, v.clone()) for k, v in model.state_dict().items())
 
 

@@ -233,11 +233,11 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
                            show_output=show_output)
         served = run is not None
         if run is None:
+            if server:  # warm for the next check: it imports while this one does (2+ cores)
+                warm.start(server, env)
             run = run_limited([sys.executable, "-m", "ftlib.grading._runner", spec_path, results_path],
                               timeout=limit, memory=memory, stdin=subprocess.DEVNULL, stdout=sink,
                               stderr=sink, env=env, cwd=cwd)
-            if server:  # warm for the next check
-                warm.start(server, env)
         events = []
         if os.path.exists(results_path):
             with open(results_path, encoding="utf-8") as f:

@@ -198,18 +198,23 @@ _LIBRARIES = ("numpy", "torch", "matplotlib.pyplot", "sklearn.linear_model", "sk
 
 
 def _preload() -> None:
-    # The libraries, then every checks module (which imports ftlib's steps) and its PRELOAD.
+    # The libraries, then every checks module (which imports ftlib's steps), its PRELOAD and PREPARE.
     import importlib
 
     from ftlib.checks import ASSIGNMENTS
 
+    from ftlib.grading._runner import prepare
+
     names = list(_LIBRARIES) + [f"ftlib.checks.{module}" for module in ASSIGNMENTS.values()]
+    imported = []
     while names:
         try:
             mod = importlib.import_module(names.pop(0))
         except ImportError:  # an optional library: a check that needs it imports it itself
             continue
+        imported.append(mod.__name__)
         names += getattr(mod, "PRELOAD", ())
+    prepare(imported)  # the checks' shared, seeded state (ftlib's own code, no learner code)
 
 
 def _serve_one(conn: socket.socket, message: dict, fds: list[int]) -> None:

@@ -107,3 +107,33 @@ def test_module_entry_point_exit_codes(course):
     assert subprocess.run(run + [ok, "--timeout", "10"], env=env, capture_output=True).returncode == 0
     r = subprocess.run(run + [stub, "--timeout", "10"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "NotImplementedError" in r.stdout
+
+
+def test_a_checks_module_builds_its_prepared_state_once_before_the_grade_cells(tmp_path):
+    # `PREPARE` names cached builders (09's trained tiny Llama): `ftlib check` calls them
+    # once, before learner code, and every grade cell's fork inherits the result.
+    import nbformat
+
+    from ftlib.grading.check import check_notebook
+
+    builds = tmp_path / "builds.txt"
+    (tmp_path / "prepared_checks.py").write_text(
+        "import functools\n"
+        "PREPARE = ('shared',)\n"
+        "@functools.lru_cache(maxsize=1)\n"
+        "def shared():\n"
+        f"    open({str(builds)!r}, 'a').write('built\\n')\n"
+        "    return 42\n")
+    grade = {"grade": True, "solution": False, "locked": True, "points": 1, "schema_version": 3}
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def answer():\n    return 42\n", metadata={"nbgrader": {
+                    "grade": False, "solution": True, "locked": False, "grade_id": "answer", "schema_version": 3}})]
+    for i in (1, 2):
+        nb.cells.append(nbformat.v4.new_code_cell(
+            "from prepared_checks import shared\nassert answer() == shared()\n",
+            metadata={"nbgrader": {**grade, "grade_id": f"test_{i}"}}))
+    path = tmp_path / "prepared.ipynb"
+    nbformat.write(nb, str(path))
+    report = check_notebook(str(path), warm_start=False)
+    assert [r["status"] for r in report["results"]] == ["pass", "pass"]
+    assert builds.read_text() == "built\n"

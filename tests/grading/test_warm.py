@@ -78,6 +78,12 @@ def test_a_served_check_that_runs_too_long_is_killed(runtime, tmp_path):
     env = dict(os.environ)
     path = warm.socket_path(env)
     warm.start(path, env)
+    # Wait until the server has imported everything, so the 8 s below time the loop only.
+    (tmp_path / "empty.json").write_text(json.dumps({"load": [], "grade": [], "timeout": 60, "watched": [],
+                                                     "cwd": str(tmp_path)}))
+    ready = warm.run(path, [str(tmp_path / "empty.json"), str(tmp_path / "empty.jsonl")], env=env,
+                     cwd=str(tmp_path), timeout=300, show_output=False)
+    assert ready is not None and ready.status == "ok"
     pid_file = tmp_path / "pid"
     spec = {"load": [{"kind": "solution", "label": "loop",
                       "source": f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nwhile True: pass\n"}],
@@ -130,3 +136,18 @@ def test_warm_checks_are_off_in_ci_under_a_memory_limit_and_when_asked(monkeypat
 
 def test_stop_says_when_no_server_listens(runtime):
     assert warm.stop(warm.socket_path(dict(os.environ))) is False
+
+
+def test_a_cold_check_starts_the_warm_server_before_it_runs_not_after(runtime, tmp_path, monkeypatch):
+    # The server imports on the second core while the first, cold check runs, so it is
+    # ready sooner; started afterwards, a learner's second check soon after waited for it.
+    import ftlib.grading.check as check_module
+
+    order = []
+    monkeypatch.setattr(check_module.warm, "start", lambda path, env: order.append("server started"))
+    real_run = check_module.run_limited
+    monkeypatch.setattr(check_module, "run_limited",
+                        lambda *a, **k: (order.append("cold check"), real_run(*a, **k))[1])
+    report = check_notebook(_copy_04(tmp_path), release_dir=RELEASE, warm_start=True)
+    assert not report["process"]["warm"]
+    assert order == ["server started", "cold check"]
