@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ftlib.grading.grade import _with_venv_path
+from ftlib.grading.gradebook import with_venv_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, RELEASE = ROOT / "solutions", ROOT / "course"
@@ -57,7 +57,7 @@ def generate(names: list[str], release: Path) -> None:
             # nbgrader runs `alembic` by name: the venv's bin/ must be on PATH even when this
             # script is started as .venv/bin/python without activating.
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  env=_with_venv_path(dict(os.environ)))
+                                  env=with_venv_path(dict(os.environ)))
             if proc.returncode != 0:
                 sys.exit(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}\n{proc.stderr}")
             for nb in sorted((release / name).glob("*.ipynb")):

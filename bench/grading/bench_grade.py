@@ -38,7 +38,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from ftlib.grading.grade import _load_coursedir, _with_venv_path  # noqa: E402
+from ftlib.grading.gradebook import load_coursedir, with_venv_path  # noqa: E402
 
 TOY = os.path.join(REPO, "tests", "grading", "fixtures", "ps1")
 CONFIG = """c = get_config()
@@ -63,9 +63,9 @@ def make_course(root: str, assignment: str, cell_timeout: int) -> str:
     shutil.copytree(src, os.path.join(root, "solutions", assignment))
     with open(os.path.join(root, "nbgrader_config.py"), "w") as f:
         f.write(CONFIG.format(cell_timeout=cell_timeout))
-    coursedir, cfg = _load_coursedir(root)
+    coursedir, cfg = load_coursedir(root)
     coursedir.assignment_id = assignment
-    os.environ.update(_with_venv_path(dict(os.environ)))
+    os.environ.update(with_venv_path(dict(os.environ)))
     GenerateAssignment(coursedir=coursedir, config=cfg).start()
     return os.path.join(root, "course", assignment)
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
                 with open(os.path.join(folder, name), "w") as f:
                     json.dump(reference_submission(source, release), f)
 
-        env = _with_venv_path(dict(os.environ))
+        env = with_venv_path(dict(os.environ))
         bindir = os.path.dirname(sys.executable)
 
         def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:

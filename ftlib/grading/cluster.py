@@ -6,7 +6,7 @@ every result (gradebook, CSV, feedback) itself, so the gradebook has one writer 
 many machines grade. Each submission becomes one Dask task, `grade_task`, which carries
 the submission's files, while the template gradebook and the assignment's support files
 are sent once to every worker. On the worker that receives it, the task runs the same
-sandboxed, time- and memory-limited grading as a local run (`grade._grade_one`) and
+sandboxed, time- and memory-limited grading as a local run (`worker.grade_one`) and
 sends back the scores, the autograded notebooks, the feedback pages and the log. No
 folder needs to be shared between the machines.
 
@@ -73,8 +73,9 @@ def portable_job(job: dict[str, Any], use_sandbox: bool) -> dict[str, Any]:
 
 def grade_task(job: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
     """Run on a Dask worker: grade one submission here, sandboxed and limited; return the results."""
-    from ftlib.grading import grade, sandbox
+    from ftlib.grading import sandbox
     from ftlib.grading.autograde import runtime_dir
+    from ftlib.grading.worker import grade_one, worker_env
 
     if job["use_sandbox"]:
         ok, why = sandbox.available()
@@ -94,8 +95,8 @@ def grade_task(job: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
         spec = dict(job["spec"], submission_dir=sub, template_db=template, support_dir=support,
                     sandbox=bool(job["use_sandbox"]), hide=[], output_dir=out, tmp_root=out)
         local = {"student": job["student"], "hash": job["hash"], "spec": spec, "timeout": job["timeout"],
-                 "memory": job["memory"], "env": grade.worker_env(_threads_here())}
-        return grade._grade_one(local)
+                 "memory": job["memory"], "env": worker_env(_threads_here())}
+        return grade_one(local)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -44,7 +44,7 @@ def make_course(root: str, config: str = "", edit=None) -> str:
     """
     from nbgrader.converters import GenerateAssignment
 
-    from ftlib.grading.grade import _load_coursedir
+    from ftlib.grading.gradebook import load_coursedir
 
     shutil.copytree(os.path.join(FIXTURES, ASSIGNMENT), os.path.join(root, "solutions", ASSIGNMENT))
     if edit is not None:
@@ -55,7 +55,7 @@ def make_course(root: str, config: str = "", edit=None) -> str:
             json.dump(nb, f)
     with open(os.path.join(root, "nbgrader_config.py"), "w") as f:
         f.write(CONFIG + config)
-    coursedir, cfg = _load_coursedir(root)
+    coursedir, cfg = load_coursedir(root)
     coursedir.assignment_id = ASSIGNMENT
     with venv_on_path():
         GenerateAssignment(coursedir=coursedir, config=cfg).start()

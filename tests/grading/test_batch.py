@@ -26,16 +26,16 @@ def _alembic_version(path: str) -> str:
 def test_template_gets_the_course_schema_version_without_alembic(course, tmp_path, monkeypatch):
     from nbgrader import api
 
-    from ftlib.grading.grade import _build_template, _load_coursedir
+    from ftlib.grading.gradebook import build_template, load_coursedir
 
     def no_subprocess():
         raise AssertionError("nbgrader ran `alembic heads` to stamp the template")
 
     monkeypatch.setattr(api, "get_alembic_version", no_subprocess)
     root, _ = course
-    coursedir, _ = _load_coursedir(root)
+    coursedir, _ = load_coursedir(root)
     template = str(tmp_path / "template.db")
-    info = _build_template(coursedir.db_url, coursedir.course_id, helpers.ASSIGNMENT, template)
+    info = build_template(coursedir.db_url, coursedir.course_id, helpers.ASSIGNMENT, template)
 
     assert _alembic_version(template) == _alembic_version(os.path.join(root, "gradebook.db"))
     assert set(info["notebooks"]) == {helpers.ASSIGNMENT}
@@ -48,11 +48,11 @@ def test_template_gets_the_course_schema_version_without_alembic(course, tmp_pat
 def test_a_failed_gradebook_write_leaves_the_session_usable(course, tmp_path):
     from nbgrader.api import Gradebook, MissingEntry
 
-    from ftlib.grading.grade import _build_template, _load_coursedir, _write_gradebook
+    from ftlib.grading.gradebook import build_template, load_coursedir, write_gradebook
 
     root, _ = course
-    coursedir, _ = _load_coursedir(root)
-    info = _build_template(coursedir.db_url, coursedir.course_id, helpers.ASSIGNMENT, str(tmp_path / "t.db"))
+    coursedir, _ = load_coursedir(root)
+    info = build_template(coursedir.db_url, coursedir.course_id, helpers.ASSIGNMENT, str(tmp_path / "t.db"))
     shutil.copy(os.path.join(root, "gradebook.db"), tmp_path / "gradebook.db")  # leave the shared course alone
     nb = helpers.ASSIGNMENT
     grades = [{"grade_id": gid, "score": 1.0} for gid in info["notebooks"][nb]["grade_cells"]]
@@ -61,8 +61,8 @@ def test_a_failed_gradebook_write_leaves_the_session_usable(course, tmp_path):
 
     with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", coursedir.course_id) as gb:
         with pytest.raises(MissingEntry):
-            _write_gradebook(gb, helpers.ASSIGNMENT, "mallory", outcome, broken, failed=False)
-        _write_gradebook(gb, helpers.ASSIGNMENT, "alice", outcome, info, failed=False)
+            write_gradebook(gb, helpers.ASSIGNMENT, "mallory", outcome, broken, failed=False)
+        write_gradebook(gb, helpers.ASSIGNMENT, "alice", outcome, info, failed=False)
 
     with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", coursedir.course_id) as gb:
         stored = {g.name: g.auto_score for g in gb.find_submission_notebook(nb, helpers.ASSIGNMENT, "alice").grades}
@@ -92,7 +92,7 @@ def test_the_fork_server_preload_warms_nbgrader_and_starts_no_thread():
 
 
 def test_a_gradebook_that_refuses_a_write_does_not_stop_the_batch(tmp_path, monkeypatch):
-    from ftlib.grading import grade
+    from ftlib.grading import grade, gradebook
 
     root = str(tmp_path / "course")
     os.makedirs(root)
@@ -101,14 +101,14 @@ def test_a_gradebook_that_refuses_a_write_does_not_stop_the_batch(tmp_path, monk
     for student in ("alice", "bob"):
         shutil.copytree(ref, os.path.join(root, "submitted", student, helpers.ASSIGNMENT))
     shutil.rmtree(os.path.dirname(ref))
-    real = grade._store
+    real = gradebook._store
 
     def locked_for_bob(gb, assignment, student, *args):
         if student == "bob":
             raise RuntimeError("database is locked")
         return real(gb, assignment, student, *args)
 
-    monkeypatch.setattr(grade, "_store", locked_for_bob)
+    monkeypatch.setattr(gradebook, "_store", locked_for_bob)
     rows = {r["student"]: r for r in grade.grade_assignment(
         helpers.ASSIGNMENT, course_dir=root, workers=2, timeout=60, cell_timeout=5, log=lambda line: None)}
     assert rows["alice"]["total"] == rows["bob"]["total"] == 6
@@ -116,7 +116,7 @@ def test_a_gradebook_that_refuses_a_write_does_not_stop_the_batch(tmp_path, monk
     assert rows["alice"]["message"] == ""
 
     # Only bob is graded again on the next run: his scores never reached the gradebook.
-    monkeypatch.setattr(grade, "_store", real)
+    monkeypatch.setattr(gradebook, "_store", real)
     lines = []
     grade.grade_assignment(helpers.ASSIGNMENT, course_dir=root, workers=2, timeout=60, cell_timeout=5,
                            log=lines.append)
@@ -159,15 +159,15 @@ def test_the_grading_kernel_is_ipykernel_without_the_debugger(tmp_path, monkeypa
 
 def test_a_written_answer_is_left_for_a_person_not_scored_zero():
     from ftlib.grading.feedback import render_feedback
-    from ftlib.grading.grade import _row
+    from ftlib.grading.results import csv_row
 
     info = {"notebooks": {"nb": {"grade_cells": ["code_test", "essay"], "max_scores": {"code_test": 2, "essay": 3}}}}
     grades = [{"grade_id": "code_test", "score": 2.0, "max_score": 2, "message": ""},
               {"grade_id": "essay", "score": None, "max_score": 3, "message": ""}]
-    row = _row("ann", "a1", info, {"notebooks": {"nb": {"grades": grades}}}, "ok", "")
+    row = csv_row("ann", "a1", info, {"notebooks": {"nb": {"grades": grades}}}, "ok", "")
     assert (row["code_test"], row["essay"], row["total"], row["max_total"]) == (2.0, "", 2.0, 5.0)
     assert row["message"] == "to grade by hand: essay (3)"
-    assert _row("bob", "a1", info, None, "missing", "no submission")["essay"] == 0.0  # nothing to grade
+    assert csv_row("bob", "a1", info, None, "missing", "no submission")["essay"] == 0.0  # nothing to grade
 
     page = render_feedback({"cells": []}, grades, student="ann", assignment="a1", notebook="nb", status="ok")
     assert "<td>? / 3</td><td class=''>graded by hand</td>" in page

@@ -12,7 +12,8 @@ import os
 import shutil
 
 import helpers
-from ftlib.grading.grade import grade_assignment, underlying_error
+from ftlib.grading.grade import grade_assignment
+from ftlib.grading.results import underlying_error
 
 STUDENTS = ["ann", "ben", "cat"]
 

@@ -11,7 +11,7 @@ import json
 import os
 
 import helpers
-from ftlib.grading import grade
+from ftlib.grading import grade, gradebook
 
 
 def _graded(root: str) -> int:
@@ -66,7 +66,7 @@ def test_what_changed_decides_what_is_graded_again(tmp_path, monkeypatch):
     assert _graded(root) == 1, "ftlib's code changed"
 
     _edit_source(root, _new_hidden_test)
-    coursedir, cfg = grade._load_coursedir(root)
+    coursedir, cfg = gradebook.load_coursedir(root)
     coursedir.assignment_id = helpers.ASSIGNMENT
     cfg.GenerateAssignment.force = True
     with helpers.venv_on_path():

@@ -132,7 +132,7 @@ def test_sandbox_hides_paths_and_network(tmp_path):
 def test_each_kernel_gets_its_share_of_the_cores():
     import os
 
-    from ftlib.grading.grade import THREAD_VARIABLES, _thread_limits
+    from ftlib.grading.worker import THREAD_VARIABLES, _thread_limits
 
     cores = len(os.sched_getaffinity(0))
     limits = _thread_limits(2, {})

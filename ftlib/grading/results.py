@@ -1,0 +1,230 @@
+"""What `ftlib grade` makes of a worker's results: statuses, messages, logs, the CSV.
+
+:class:`Recorder` stores each graded submission as it arrives (the gradebook through
+`gradebook`, the autograded notebooks and feedback pages, the log of a failure) and names
+once an error that many submissions share. The CSV and the re-grade state are replaced
+atomically (:func:`write_atomic`).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import re
+import tempfile
+from typing import Any
+
+from ftlib.grading.gradebook import write_gradebook
+
+__all__ = ["underlying_error", "csv_row", "Recorder", "write_atomic", "read_csv", "write_csv"]
+
+_SEVERITY = {s: i for i, s in enumerate(("ok", "missing", "invalid notebook", "timeout", "crashed", "memory"))}
+
+
+def _log_tail(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[-300:]
+
+
+# "ValueError: ...", or the interpreter's "python: Error while finding module specification
+# for 'ftlib.grading._kernel' (ModuleNotFoundError: No module named 'ftlib')".
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$"
+                             r"|\(([A-Za-z_][\w.]*Error): (.+)\)$")
+_KERNEL_DIED = ("Kernel died before replying to kernel_info", "Kernel didn't respond", "kernel died before")
+
+
+def underlying_error(log_text: str) -> str:
+    """The error behind a failed worker, from its log, in words; ``""`` if none is recognised.
+
+    A kernel that dies while starting is reported with the exception it printed before
+    (``the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'``);
+    otherwise the last exception line of the log.
+    """
+    lines = [ln.strip() for ln in log_text.splitlines()]
+    errors = []
+    for i, ln in enumerate(lines):
+        m = _EXCEPTION_LINE.search(ln)
+        if m:
+            name, text = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+            errors.append((i, f"{name}: {text}"))
+    died = next((i for i, ln in enumerate(lines) if any(k in ln for k in _KERNEL_DIED)), None)
+    if died is not None:
+        before = [ln for i, ln in errors if i < died]
+        return "the grading kernel could not start" + (f": {before[-1]}" if before else "")
+    return errors[-1][1] if errors else ""
+
+
+def csv_row(student: str, assignment: str, info: dict, outcome: dict[str, Any] | None,
+         status: str, message: str) -> dict[str, Any]:
+    multi = len(info["notebooks"]) > 1
+    row: dict[str, Any] = {"student": student, "assignment": assignment}
+    total = max_total = 0.0
+    scores = {}
+    if outcome:
+        for nb, res in outcome["notebooks"].items():
+            for g in res["grades"]:
+                scores[(nb, g["grade_id"])] = g["score"]
+    by_hand = []
+    for nb, nbinfo in info["notebooks"].items():
+        for gid in nbinfo["grade_cells"]:
+            key = f"{nb}:{gid}" if multi else gid
+            max_total += nbinfo["max_scores"][gid]
+            if (nb, gid) in scores and scores[(nb, gid)] is None:  # a written answer: nbgrader's formgrader
+                row[key] = ""
+                by_hand.append(f"{key} ({nbinfo['max_scores'][gid]:g})")
+                continue
+            score = scores.get((nb, gid), 0.0) or 0.0
+            row[key] = score
+            total += score
+    if by_hand:
+        note = f"to grade by hand: {', '.join(by_hand)}"
+        message = f"{message}; {note}" if message else note
+    row.update(total=total, max_total=max_total, status=status, message=message)
+    return row
+
+
+_KEEP_LOG = ("crashed", "timeout", "memory")
+
+
+def _no_notebook() -> str:
+    from ftlib.grading.autograde import NO_NOTEBOOK  # imported already: the batch loaded nbgrader
+
+    return NO_NOTEBOOK
+
+
+_ANNOUNCE_AFTER = 3  # submissions failing the same way before the batch says so
+
+
+class Recorder:
+    """Store each graded submission as it arrives: only this process writes the course's files.
+
+    One per batch: it holds the gradebook session, the CSV rows and re-grade state being
+    built, and the failures seen so far, so that an error shared by many submissions (a
+    broken environment, not the learners) is named once instead of in every row.
+    """
+
+    def __init__(self, gb, *, assignment: str, info: dict, course_dir: str, roots: dict[str, str],
+                 logs_dir: str, timeout: float, memory: int | None, rows: dict, state: dict, log) -> None:
+        self.gb, self.assignment, self.info, self.course_dir = gb, assignment, info, course_dir
+        self.roots, self.logs_dir, self.timeout, self.memory = roots, logs_dir, timeout, memory
+        self.rows, self.state, self.log = rows, state, log
+        self.failures: dict[str, list[str]] = {}
+        self.announced: set[str] = set()
+
+    def record(self, done: dict[str, Any]) -> None:
+        student, run, outcome = done["student"], done["run"], done["result"]
+        assignment = self.assignment
+        cause, grader_failed = "", outcome is None and run["status"] == "exited"
+        if run["status"] == "memory":
+            status, message = "memory", f"killed: used more than {self.memory / 2**20:.0f} MiB"
+        elif run["status"] == "timeout":
+            status, message = "timeout", f"killed: ran longer than {self.timeout:g} s"
+        elif outcome is None:
+            status, cause = "crashed", underlying_error(done["log"])
+            message = f"the grading worker failed (exit {run['returncode']}): {cause or _log_tail(done['log'])}"
+        else:
+            nbres = outcome["notebooks"].values()
+            status = max((r["status"] for r in nbres), key=lambda s: _SEVERITY.get(s, 0), default="ok")
+            grader_failed = any(r["message"] == _no_notebook() for r in nbres)
+            if grader_failed:
+                cause = underlying_error(done["log"])
+            message = "; ".join(
+                f"{nb}: {self._explained(r['message'], cause)}" if len(outcome["notebooks"]) > 1
+                else self._explained(r["message"], cause)
+                for nb, r in outcome["notebooks"].items() if r["message"])
+        log_path = os.path.join(self.logs_dir, f"{student}.log")
+        if status in _KEEP_LOG:
+            os.makedirs(self.logs_dir, exist_ok=True)
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.write(done["log"])
+            message += f"; log: {os.path.relpath(log_path, self.course_dir)}"
+        elif os.path.exists(log_path):
+            os.remove(log_path)  # the log of an earlier failure, now graded
+        failed = outcome is None
+        stored = True
+        try:
+            write_gradebook(self.gb, assignment, student, outcome, self.info, failed)
+        except Exception as e:  # a locked or broken database: keep grading, retry next run
+            stored = False
+            message = (f"{message}; " if message else "") + \
+                f"NOT stored in the gradebook ({type(e).__name__}: {e}); run again to retry"
+        for kind, files in done["files"].items():
+            dst = os.path.join(self.roots[kind], student, assignment)
+            os.makedirs(dst, exist_ok=True)
+            for name, text in files.items():
+                with open(os.path.join(dst, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+        row = csv_row(student, assignment, self.info, outcome, status, message)
+        self.rows[student] = row
+        if stored and not grader_failed:
+            self.state[student] = {"hash": done["hash"], "row": row}  # a grader failure is retried next time
+        shown = row["message"]
+        if cause and status == "crashed":
+            self.failures.setdefault(cause, []).append(student)
+            if cause in self.announced:
+                shown = f"the same failure as above; log: {os.path.relpath(log_path, self.course_dir)}"
+            elif len(self.failures[cause]) >= _ANNOUNCE_AFTER:
+                self._announce(cause, "so far")
+        self.log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
+                 f"{'  ' + shown if shown else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+
+    @staticmethod
+    def _explained(message: str, cause: str) -> str:
+        return f"{message}: {cause}" if cause and message == _no_notebook() else message
+
+    def _announce(self, cause: str, when: str) -> None:
+        self.announced.add(cause)
+        logs = os.path.relpath(self.logs_dir, self.course_dir)
+        self.log("!" * 78)
+        self.log(f"{len(self.failures[cause])} submission(s) {when} failed the same way: {cause}")
+        self.log(f"That is the grading environment, not the learners' code; logs in {logs}{os.sep}.")
+        self.log("!" * 78)
+
+    def summarize(self) -> None:
+        """Name, once, every error that two or more submissions of the batch failed with."""
+        for cause, students in self.failures.items():
+            if len(students) >= 2 and cause not in self.announced:
+                self._announce(cause, "in all")
+            elif cause in self.announced:
+                self.log(f"{len(students)} submission(s) in all failed with: {cause}")
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: an interrupted run leaves the old file whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ftlib-", dir=folder)
+    try:
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def read_csv(path: str, exclude) -> list[dict[str, Any]]:
+    """The rows of an earlier CSV at ``path`` whose student is not in ``exclude``."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [r for r in csv.DictReader(f) if r.get("student") and r["student"] not in exclude]
+    except FileNotFoundError:
+        return []
+
+
+def write_csv(path: str, rows: list[dict[str, Any]], info: dict) -> None:
+    import io
+
+    multi = len(info["notebooks"]) > 1
+    cells = [f"{nb}:{g}" if multi else g for nb, i in info["notebooks"].items() for g in i["grade_cells"]]
+    fields = ["student", "assignment", *cells, "total", "max_total", "status", "message"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
