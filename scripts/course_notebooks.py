@@ -1,4 +1,8 @@
-"""Run and validate the course notebooks (used by tests/course and scripts/measure_notebooks.py).
+"""The repository's course notebooks: where they are, run them, validate them.
+
+Repository-only: it knows the layout (``solutions/``, ``course/``), so it lives here and not in
+the installed ftlib package. Used by tests/course, scripts/measure_notebooks.py and
+bench/course (which put ``scripts/`` on ``sys.path``).
 
 * :func:`run_notebook` executes a notebook headless with nbclient in a fresh kernel and
   reports wall time and the kernel's peak memory (``ru_maxrss``, read by an extra cell).
@@ -18,7 +22,7 @@ from pathlib import Path
 __all__ = ["ROOT", "assignments", "solution_notebook", "release_notebook", "run_notebook", "validate_notebook",
            "errors", "grade_cell_outputs"]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 _PEAK_CELL = ("import resource as _r, sys as _s\n"
               "print('FTLIB_PEAK_KB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ftlib.checks.notebooks import assignments, errors, release_notebook, run_notebook, solution_notebook  # noqa: E402
+from course_notebooks import assignments, errors, release_notebook, run_notebook, solution_notebook  # noqa: E402
 
 
 def main(argv=None) -> int:

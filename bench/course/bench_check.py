@@ -24,8 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from ftlib.checks.notebooks import assignments, solution_notebook  # noqa: E402
+from course_notebooks import assignments, solution_notebook  # noqa: E402
 from ftlib.grading import warm  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import shutil
 
 from ftlib.grading import _runner
 from ftlib.grading.check import check_notebook
-from ftlib.checks.notebooks import ROOT
+from course_notebooks import ROOT
 
 # A learner copy of 04 whose replace_head is wrong (it keeps the old head) and whose
 # solution cell also replaces the check itself by one that always passes.

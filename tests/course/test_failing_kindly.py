@@ -60,7 +60,7 @@ def test_a_crash_on_batches_says_what_they_hold():
 
 
 def test_every_exercise_has_a_scratch_cell_below_it():
-    from ftlib.checks.notebooks import assignments, solution_notebook
+    from course_notebooks import assignments, solution_notebook
 
     missing = []
     for name in assignments():

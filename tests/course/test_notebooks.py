@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ftlib.checks import ASSIGNMENTS, EXERCISES
-from ftlib.checks.notebooks import (ROOT, assignments, errors, grade_cell_outputs, release_notebook,
+from course_notebooks import (ROOT, assignments, errors, grade_cell_outputs, release_notebook,
                                     run_notebook, solution_notebook, validate_notebook)
 
 NAMES = assignments()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ftlib.checks.notebooks import ROOT, assignments, errors, run_notebook, solution_notebook
+from course_notebooks import ROOT, assignments, errors, run_notebook, solution_notebook
 
 NUMBER = re.compile(r"(?<![\w.,])(\d+\.\d{2,}|\d{1,3}(?:,\d{3})+)(?![\w]|[.,]\d)")
 FREE_TEXT = ("literature:", "example:")
