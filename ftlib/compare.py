@@ -168,6 +168,7 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
     Returns the per-run rows (also in ``<out>/results.csv``).
     """
     from ftlib.data import load_dataset, split_dataset
+    from ftlib.devices import is_main_process
     from ftlib.evaluate import HeldOutTest
     from ftlib.models import load_model, load_tokenizer
     from ftlib.pipeline import FinetuneConfig, build_loaders
@@ -175,9 +176,12 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
     from ftlib.train import set_seed
 
     cfg = (config or CompareConfig(**options)).resolved()
+    main = is_main_process()  # under `accelerate launch` every process trains; one writes and prints
+    log = log if main else (lambda *_: None)
     out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare-{cfg.model}-{cfg.dataset}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     estimate = estimate_seconds(cfg)
     total_runs = len(cfg.seeds) * len(cfg.train_sizes) * len(cfg.techniques)
     log(f"Comparing {', '.join(cfg.techniques)} on {cfg.dataset} ({cfg.model}); train sizes {cfg.train_sizes}, "
@@ -186,8 +190,9 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
     raw = load_dataset(cfg.dataset)
     tokenizer = load_tokenizer(cfg.model) if raw.task == "text" else None
     csv_path = out / "results.csv"
-    with open(csv_path, "w", newline="") as f:
-        csv.DictWriter(f, _FIELDS).writeheader()
+    if main:
+        with open(csv_path, "w", newline="") as f:
+            csv.DictWriter(f, _FIELDS).writeheader()
     rows: list[dict] = []
     started = time.perf_counter()
     done_estimate = 0.0
@@ -203,7 +208,7 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
                                          max_length=cfg.max_length, image_size=cfg.image_size,
                                          progress=cfg.progress, precision=cfg.precision)
                 opts = dict(cfg.technique_options.get(technique, {}))
-                if technique == "feature-extraction":
+                if technique == "feature-extraction" and main:
                     opts.setdefault("cache_dir", str(out / "feature_cache"))
                 run_cfg.technique_options = opts
                 train_loader, val_loader, test_loader = build_loaders(run_cfg, splits, tokenizer)
@@ -229,8 +234,9 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
                     "total_parameters": result.get("total_parameters"),
                 }
                 rows.append(row)
-                with open(csv_path, "a", newline="") as f:
-                    csv.DictWriter(f, _FIELDS).writerow(row)
+                if main:
+                    with open(csv_path, "a", newline="") as f:
+                        csv.DictWriter(f, _FIELDS).writerow(row)
                 done_estimate += _single_estimate(cfg, technique, size)
                 elapsed = time.perf_counter() - started
                 remaining = max(0.0, estimate - done_estimate) * elapsed / max(done_estimate, 1e-9)
@@ -238,6 +244,8 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
                     f"{row['test_accuracy']:.3f} (val {row['val_accuracy']:.3f}) in {row['train_seconds']:.0f}s"
                     f" | elapsed {_format_minutes(elapsed)}, about {_format_minutes(remaining)} left")
                 del model, result
+    if not main:
+        return rows
     summary = summarize(rows)
     _write_summary(summary, cfg, out)
     _save_plots(summary, out)

@@ -91,3 +91,13 @@ def test_compare_writes_tables_and_plots(tmp_path, tokenizer):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "±" in (tmp_path / "summary.md").read_text()
     assert list((tmp_path / "feature_cache").glob("*.npz"))
+
+
+def test_compare_writes_and_prints_only_on_the_main_process(tmp_path, monkeypatch):
+    # Under `accelerate launch` every process runs compare; rank 1 must leave the files to rank 0.
+    monkeypatch.setenv("RANK", "1")
+    lines, out = [], tmp_path / "run"
+    rows = compare(model="tiny-bert", techniques=["full"], train_sizes=[16], seeds=[0], val_size=16, test_size=16,
+                   epochs=1, lr=1e-3, out=str(out), log=lines.append)
+    assert len(rows) == 1 and rows[0]["technique"] == "full"
+    assert lines == [] and not out.exists()
