@@ -15,11 +15,13 @@ bench/course (which put ``scripts/`` on ``sys.path``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from pathlib import Path
 
-__all__ = ["ROOT", "assignments", "solution_notebook", "release_notebook", "run_notebook", "validate_notebook",
+__all__ = ["ROOT", "assignments", "solution_notebook", "release_notebook", "run_notebook", "executed_solution",
+           "validate_notebook",
            "errors", "grade_cell_outputs"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +85,17 @@ def run_notebook(path: str | os.PathLike, *, timeout: int = 600, env: dict | Non
         if out.get("name") == "stdout" and "FTLIB_PEAK_KB" in out.get("text", ""):
             peak_kb = int(out["text"].split()[-1])
     return nb, seconds, peak_kb / 1024
+
+
+@functools.lru_cache(maxsize=None)
+def executed_solution(name: str, timeout: int = 900):
+    """:func:`run_notebook` of ``name``'s solution notebook, once per process.
+
+    The tests that read an executed run (no errors, memory, the numbers it prints)
+    share it: each full run of a course notebook takes one to three minutes. Read the
+    notebook it returns; do not change it.
+    """
+    return run_notebook(solution_notebook(name), timeout=timeout)
 
 
 def errors(nb) -> list[str]:

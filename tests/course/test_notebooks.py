@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from ftlib.checks import ASSIGNMENTS, EXERCISES
-from course_notebooks import (ROOT, assignments, errors, grade_cell_outputs, release_notebook,
-                                    run_notebook, solution_notebook, validate_notebook)
+from course_notebooks import (ROOT, assignments, errors, executed_solution, grade_cell_outputs, release_notebook,
+                              solution_notebook, validate_notebook)
 
 NAMES = assignments()
 # Running time is measured by scripts/measure_notebooks.py (target: 180 s each on 2 cores),
@@ -70,7 +70,7 @@ def test_release_notebook_hides_solutions(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_solution_notebook_runs_clean_within_memory(name):
-    nb, seconds, peak_mb = run_notebook(solution_notebook(name), timeout=CELL_TIMEOUT_S)
+    nb, seconds, peak_mb = executed_solution(name, timeout=CELL_TIMEOUT_S)  # shared with test_quoted_numbers
     assert not errors(nb)
     noisy = {gid: [o for o in outs if o.get("name") == "stderr"] for gid, outs in grade_cell_outputs(nb).items()}
     assert not any(noisy.values()), f"stderr in grade cells zeroes them: {noisy}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from course_notebooks import ROOT, assignments, errors, run_notebook, solution_notebook
+from course_notebooks import ROOT, assignments, errors, executed_solution, solution_notebook
 
 NUMBER = re.compile(r"(?<![\w.,])(\d+\.\d{2,}|\d{1,3}(?:,\d{3})+)(?![\w]|[.,]\d)")
 FREE_TEXT = ("literature:", "example:")
@@ -139,6 +139,6 @@ def test_numbers_inside_longer_numbers_do_not_count():
     source == "printed" for cell in _cells(solution_notebook(n))
     for source in cell.get("metadata", {}).get("ftlib", {}).get("quotes", {}).values())])
 def test_numbers_quoted_as_printed_are_printed(name):
-    nb, _, _ = run_notebook(solution_notebook(name), timeout=900)
+    nb, _, _ = executed_solution(name, timeout=900)  # the run test_notebooks executed, if it ran
     assert not errors(nb)
     assert quote_problems(_cells(solution_notebook(name)), outputs=printed_text(nb)) == []
