@@ -23,7 +23,7 @@ __all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
 
 TASK_DEFAULTS = {
     "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "technique": "full", "epochs": 3, "lr": 1e-4,
-             "batch_size": 32, "max_length": 64, "precision": "fp32"},
+             "batch_size": 32, "max_length": 64, "precision": "auto"},
     "image": {"model": "efficientnet-lite0", "dataset": "fashion-mnist", "technique": "full", "epochs": 3,
               "lr": 1e-3, "batch_size": 32, "max_length": 64, "precision": "fp32"},
     # A generative model answering instructions (ftlib.pipeline_llm); lr is LoRA's.

@@ -25,6 +25,8 @@ CANDIDATES = [
     "--train-size 6000 --epochs 1 --lr 2e-4",
     "--train-size 6000 --epochs 1 --lr 5e-5",
     "--train-size 4000 --epochs 2",
+    "--train-size 7400 --epochs 1 --batch-size 16 --precision auto",
+    "--train-size 8900 --epochs 1 --batch-size 16 --precision auto",   # the default since 2026-12-02
 ]
 
 
