@@ -12,8 +12,9 @@ One module per step of the course:
 
 ``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``). The techniques:
 ``ftlib.features`` (feature extraction), ``ftlib.regularization`` (L2-SP, label
-smoothing), ``ftlib.techniques`` (LP-FT, discriminative rates, gradual unfreezing, LoRA...),
-``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``). Your own data:
+smoothing), ``ftlib.techniques`` (LP-FT, discriminative rates, gradual unfreezing, LoRA...:
+the registry behind ``--technique``, the functions in ``ftlib.recipes``), ``ftlib.forgetting``
+and ``ftlib.compare`` (``ftlib compare``). Your own data:
 ``ftlib.userdata`` (a CSV/TSV/JSON Lines file or an image folder); keeping and using the
 model: ``ftlib.saving`` (save, reload, predict).
 Names are imported lazily so ``import ftlib`` stays cheap (no torch until needed).

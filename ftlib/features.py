@@ -18,7 +18,7 @@ statistics) under ``torch.no_grad()`` and returned as NumPy arrays ``(X, y)``.
 :func:`cached_features` stores them in an ``.npz`` file keyed by model, data and seed.
 
 Fine-tuning lives in ``ftlib.train``; the techniques that use these pieces are in
-``ftlib.techniques``.
+``ftlib.recipes`` (feature extraction, the linear probe of LP-FT).
 """
 from __future__ import annotations
 
