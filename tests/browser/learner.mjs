@@ -120,7 +120,7 @@ async function answerWrittenQuestions(page) {
 }
 
 async function validate(page) {
-  await page.locator(".jp-NotebookPanel-toolbar .validate-button").first().click();
+  await page.locator(".jp-NotebookPanel-toolbar .validate-button:visible").first().click();
   const message = page.locator(".jp-Dialog #validation-message");
   await message.waitFor({ timeout: VALIDATE_TIMEOUT });
   return message;
@@ -169,11 +169,13 @@ try {
   });
 
   await step("open the learner notebook", async () => {
-    await page.goto(`${URL}/lab/tree/${NOTEBOOK}`, { waitUntil: "domcontentloaded", timeout: 120_000 });
+    // ?reset: a fresh workspace with this notebook only. Otherwise JupyterLab restores the
+    // training notebook's tab too, and the locators below could land in its hidden panel.
+    await page.goto(`${URL}/lab/tree/${NOTEBOOK}?reset`, { waitUntil: "domcontentloaded", timeout: 120_000 });
     await page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first().waitFor({ timeout: 120_000 });
     await page.locator(".jp-StatusBar-Widget", { hasText: /\| Idle/ }).first()
       .waitFor({ timeout: 120_000 }).catch(() => { throw new Error("the kernel did not start (no '| Idle' in the status bar)"); });
-    await page.locator(".jp-NotebookPanel-toolbar .validate-button").first().waitFor({ timeout: 30_000 })
+    await page.locator(".jp-NotebookPanel-toolbar .validate-button:visible").first().waitFor({ timeout: 30_000 })
       .catch(() => { throw new Error("no Validate button in the notebook toolbar (nbgrader validate-assignment labextension off?)"); });
     await shot(page, "01-opened.png");
   });
