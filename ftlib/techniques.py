@@ -27,24 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ftlib import recipes
 from ftlib.recipes import (discriminative, feature_extraction, from_scratch, full_finetune, gradual_unfreezing,
                            linear_probe, lora, lp_ft, train_frozen, train_l2sp)
 
-__all__ = [
-    "Technique",
-    "TECHNIQUES",
-    "get_technique",
-    "full_finetune",
-    "from_scratch",
-    "feature_extraction",
-    "train_frozen",
-    "linear_probe",
-    "lp_ft",
-    "discriminative",
-    "gradual_unfreezing",
-    "train_l2sp",
-    "lora",
-]
+# The registry, and the techniques themselves re-exported from ftlib.recipes.
+__all__ = ["Technique", "TECHNIQUES", "get_technique", *recipes.__all__]
 
 
 @dataclass(frozen=True)
