@@ -33,7 +33,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ftlib import devices
-from ftlib.devices import cpu_has_native_bf16
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -178,7 +177,14 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 # Where the CPU multiplies bf16 matrices in hardware: one detection for fit and SFT.
-bf16_is_native = cpu_has_native_bf16
+def bf16_is_native(device: torch.device | str = "cpu") -> bool:
+    """True where bf16 runs natively on ``device``: what ``fit(..., precision="auto")`` picks.
+
+    One answer with :func:`ftlib.devices.resolve_precision`: on a CPU that needs the
+    AVX-512 BF16 or AMX flags *and* a PyTorch dispatching AVX-512 kernels (an
+    ``ATEN_CPU_CAPABILITY=avx2`` build emulates bf16, slower than fp32).
+    """
+    return devices.resolve_precision("auto", device) == "bf16"
 
 
 def _autocast(bf16: bool, device):
@@ -349,6 +355,11 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are: after ``fit`` on a GPU, batches must go there too."""
+    return next(model.parameters()).device
+
+
 def _sequence_log_probs(model: nn.Module, batch: dict) -> torch.Tensor:
     """Summed log-probability of the labelled tokens of each row of a collated batch: (B,)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -378,8 +389,9 @@ def score_choices(model: nn.Module, tokenizer, prompt: str, choices: Sequence[st
     if not choices:
         raise ValueError("score_choices needs at least one choice.")
     examples = [_choice_example(tokenizer, prompt, c, max_length=10**9) for c in choices]
+    batch = devices.to_device(collate_sft(examples, tokenizer.pad_token_id), _device_of(model))
     with _eval_mode(model):
-        return _sequence_log_probs(model, collate_sft(examples, tokenizer.pad_token_id))
+        return _sequence_log_probs(model, batch).cpu()
 
 
 def classify(model: nn.Module, tokenizer, prompts: Sequence[str], choices: Sequence[str], **options) -> list[int]:
@@ -410,17 +422,19 @@ def choice_scores(model: nn.Module, tokenizer, prompts: Sequence[str], choices: 
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]["input_ids"]))  # less padding
     scores = torch.empty(len(prompts), len(choices)) if single else torch.empty(len(pairs))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    with _eval_mode(model), _autocast(bf16, next(model.parameters()).device):
+    device = _device_of(model)
+    with _eval_mode(model), _autocast(bf16, device):
         for idx in _progress(batches, progress, desc="score"):
             batch = collate_sft([pairs[i] for i in idx], tokenizer.pad_token_id)
             batch = _fit_batch(pad_to_multiple(batch, pad_to_multiple_of, tokenizer.pad_token_id))
+            batch = devices.to_device(batch, device)
             logits = labelled_logits(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-            log_probs = torch.log_softmax(logits.float(), -1)  # (N, V)
+            log_probs = torch.log_softmax(logits.float(), -1)  # (N, V), on the model's device
             if single:
-                scores[idx] = log_probs[:, choice_ids]  # one labelled position per prompt
+                scores[idx] = log_probs[:, choice_ids.to(device)].cpu()  # one labelled position per prompt
                 continue
-            picked = log_probs.gather(1, batch["labels"][:, None]).squeeze(1)  # (N,)
-            rows = batch["target_mask"].nonzero()[:, 0]  # the sequence of each labelled token
+            picked = log_probs.gather(1, batch["labels"][:, None]).squeeze(1).cpu()  # (N,)
+            rows = batch["target_mask"].nonzero()[:, 0].cpu()  # the sequence of each labelled token
             scores[idx] = torch.zeros(len(idx)).index_add_(0, rows, picked)
     return scores.view(len(prompts), len(choices))
 
@@ -429,11 +443,13 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens
              batch_size: int = 8) -> list[str]:
     """Greedy replies to several prompts, left-padded in batches; each stops at end of turn."""
     stop = end_of_turn_id(tokenizer)
+    device = _device_of(model)
     replies = []
     with _eval_mode(model):
         for start in range(0, len(prompts), batch_size):
             batch = collate_for_generation([prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]],
                                            tokenizer.pad_token_id)
+            batch = devices.to_device(batch, device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                                  pad_token_id=tokenizer.pad_token_id)
             new = out[:, batch["input_ids"].shape[1]:]  # (B, new tokens): the replies only

@@ -206,13 +206,42 @@ def test_adapter_save_load_and_merge_give_identical_outputs(tok, tmp_path):
         sft.merge_lora(merged)
 
 
-def test_bf16_is_read_from_the_cpu_flags(tmp_path):
-    (tmp_path / "yes").write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
-    (tmp_path / "amx").write_text("flags : fpu avx2 amx_bf16 amx_tile\n")
-    (tmp_path / "no").write_text("flags : fpu sse avx2 fma\n")
-    assert sft.bf16_is_native(str(tmp_path / "yes")) and sft.bf16_is_native(str(tmp_path / "amx"))
-    assert not sft.bf16_is_native(str(tmp_path / "no"))
-    assert not sft.bf16_is_native(str(tmp_path / "missing"))
+@pytest.mark.parametrize("flags, capability, native", [
+    (True, "AVX512", True),
+    (True, "AVX2", False),  # the CPU has the instructions, PyTorch was told not to use them
+    (False, "AVX512", False),
+])
+def test_bf16_is_native_agrees_with_what_fit_picks_for_auto(monkeypatch, flags, capability, native):
+    from ftlib import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert sft.bf16_is_native() is native
+    assert (devices.resolve_precision("auto", "cpu") == "bf16") is native
+
+
+def test_scoring_and_generation_move_batches_to_the_model_device(monkeypatch, tok, lm):
+    # After fit on a GPU the model stays there; batches collated on the CPU must follow.
+    from ftlib import devices
+
+    moved = []
+    real = devices.to_device
+
+    def spy(batch, device):
+        moved.append(torch.device(device))
+        return real(batch, device)
+
+    monkeypatch.setattr(devices, "to_device", spy)
+    where = next(lm.parameters()).device
+    for choices in (["y", "n"], ["yes", "no", "maybe"]):  # one-token and several-token paths
+        moved.clear()
+        scores = sft.choice_scores(lm, tok, ["Good?", "Bad?"], choices, batch_size=1)
+        assert moved and set(moved) == {where} and scores.device.type == "cpu"
+    moved.clear()
+    assert sft.score_choices(lm, tok, "Good?", ["y", "n"]).device.type == "cpu" and moved == [where]
+    moved.clear()
+    sft.generate(lm, tok, ["a", "b", "c"], max_new_tokens=2, batch_size=2)
+    assert moved == [where, where]
 
 
 def test_classify_agrees_with_score_choices_on_one_and_several_token_choices(tok, lm):
