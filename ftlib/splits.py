@@ -17,7 +17,7 @@ import numpy as np
 
 from ftlib.datasets import TaskData
 
-__all__ = ["Splits", "deduplicate", "stratified_split", "balanced_subset", "stratified_subset", "split_dataset"]
+__all__ = ["Splits", "deduplicate", "drop_overlap", "stratified_split", "balanced_subset", "stratified_subset", "split_dataset"]
 
 
 def _fingerprint(item) -> str:
@@ -36,6 +36,16 @@ def deduplicate(data: TaskData) -> TaskData:
             seen.add(key)
             keep.append(i)
     return data.subset(np.array(keep))
+
+
+def drop_overlap(data: TaskData, *others: TaskData) -> TaskData:
+    """``data`` without the examples that also appear in ``others``, by :func:`deduplicate`'s rule.
+
+    For a training set next to validation or test sets the user gave: an example in both
+    would be tested on after being trained on.
+    """
+    held_out = {_fingerprint(x) for other in others for x in other.inputs}
+    return data.subset(np.array([i for i, x in enumerate(data.inputs) if _fingerprint(x) not in held_out], dtype=int))
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ftlib.datasets import TaskData
-from ftlib.splits import deduplicate
+from ftlib.splits import Splits, balanced_subset, deduplicate, drop_overlap, split_dataset
 
 __all__ = ["DataError", "load_data", "load_table", "read_texts", "load_image_folder", "inspect_data",
            "TEXT_COLUMNS", "LABEL_COLUMNS", "IMAGE_SUFFIXES"]
@@ -275,8 +275,6 @@ def load_splits(path, *, val_path=None, test_path=None, seed: int = 0, train_siz
     trains too, and any training example that also appears in them is dropped (it would
     leak). ``None`` sizes keep whole splits.
     """
-    from ftlib.splits import Splits, _fingerprint, balanced_subset, split_dataset
-
     data = load_data(path, **options)
     if val_path is None and test_path is None:
         return data, split_dataset(data, train_size=train_size, val_size=val_size, test_size=test_size, seed=seed)
@@ -287,8 +285,7 @@ def load_splits(path, *, val_path=None, test_path=None, seed: int = 0, train_siz
     for key in ("val", "test"):
         if key in given:
             train = _concat(train, getattr(whole, key))
-    held_out = {_fingerprint(x) for d in given.values() for x in d.inputs}
-    train = train.subset(np.array([i for i, x in enumerate(train.inputs) if _fingerprint(x) not in held_out]))
+    train = drop_overlap(train, *given.values())
     if train_size is not None:
         train = train.subset(balanced_subset(train.labels, min(train_size, len(train)), seed))
     return data, Splits(train, given.get("val", whole.val), given.get("test", whole.test))

@@ -68,6 +68,18 @@ def test_split_dataset_has_no_overlap_and_sizes():
         split_dataset(data, train_size=1000)
 
 
+def test_drop_overlap_removes_what_another_split_holds_by_the_dedup_rule():
+    from ftlib.splits import drop_overlap
+
+    train = TaskData("t", "text", ["A  good film", "bad", "fine", "Bad"], np.array([1, 0, 1, 0]), ["neg", "pos"])
+    test = TaskData("t", "text", ["a good FILM", "bad"], np.array([1, 0]), ["neg", "pos"])
+    kept = drop_overlap(train, test)
+    assert kept.inputs == ["fine"] and kept.labels.tolist() == [1]
+    assert drop_overlap(train).inputs == train.inputs  # nothing to drop against
+    images = TaskData("i", "image", np.zeros((3, 2, 2), np.uint8) + np.arange(3)[:, None, None], np.arange(3), ["a", "b", "c"])
+    assert len(drop_overlap(images, images.subset(np.array([1])))) == 2
+
+
 def test_prepare_images_grey_to_three_channels_resize_normalize():
     grey = np.full((2, 28, 28), 255, dtype=np.uint8)
     x = prepare_images(grey, 64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
