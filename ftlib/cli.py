@@ -21,6 +21,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -92,7 +102,7 @@ def _cmd_datasets(args) -> int:
 
 # Technique options on the command line: flag -> (technique, option name).
 _TECHNIQUE_FLAGS = {"alpha": ("l2sp", "alpha"), "layer_decay": ("discriminative", "layer_decay"),
-                    "lora_rank": ("lora", "r")}
+                    "lora_rank": ("lora", "r"), "frozen_blocks": ("partial", "frozen_blocks")}
 
 
 def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
@@ -215,11 +225,13 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-decay", type=_positive_float,
                         help="discriminative: lr factor per block going down (default 0.95)")
     parser.add_argument("--lora-rank", type=_positive_int, help="lora: adapter rank r (default 8; 16 for generative models)")
+    parser.add_argument("--frozen-blocks", type=_non_negative_int,
+                        help="partial: how many blocks from the bottom stay frozen (default 1: the embeddings)")
 
 
 # The names of ftlib.techniques.TECHNIQUES, written out so that parsing options (and
 # `ftlib --help`) does not import torch; a test keeps the two equal.
-TECHNIQUE_NAMES = ("full", "scratch", "feature-extraction", "frozen", "lp-ft", "discriminative", "gradual",
+TECHNIQUE_NAMES = ("full", "partial", "scratch", "feature-extraction", "frozen", "lp-ft", "discriminative", "gradual",
                    "l2sp", "lora")
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # ftlib.devices.PRECISIONS
 _PRECISION_HELP = ("auto: bf16 where the hardware runs it natively (a CUDA GPU with bf16; a CPU with AVX-512 "

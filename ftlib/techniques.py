@@ -7,6 +7,7 @@ them for the command line. :data:`TECHNIQUES` maps the command-line names to the
 
 =====================  ==================================================================
 full                   every weight trains at one rate (the baseline)
+partial                the bottom blocks frozen (default: the embeddings), the rest as full
 scratch                the same architecture from random weights (what pretraining buys)
 feature-extraction     frozen features + scikit-learn LogisticRegression
 frozen                 frozen backbone, the head trains with ``fit``
@@ -29,7 +30,7 @@ from typing import Callable
 
 from ftlib import recipes
 from ftlib.recipes import (discriminative, feature_extraction, from_scratch, full_finetune, gradual_unfreezing,
-                           linear_probe, lora, lp_ft, train_frozen, train_l2sp)
+                           linear_probe, lora, lp_ft, partial_finetune, train_frozen, train_l2sp)
 
 # The registry, and the techniques themselves re-exported from ftlib.recipes.
 __all__ = ["Technique", "TECHNIQUES", "get_technique", *recipes.__all__]
@@ -91,6 +92,8 @@ TECHNIQUES: dict[str, Technique] = {
     t.name: t
     for t in [
         _adapter("full", full_finetune, "every weight trains, one learning rate"),
+        _adapter("partial", partial_finetune, "the bottom blocks frozen (default 1: the embeddings), the rest as full",
+                 {"frozen_blocks": 1}),
         _adapter("scratch", from_scratch, "same architecture, random initial weights, trained like full",
                  kwargs_from=_scratch_kwargs),
         _adapter("feature-extraction", feature_extraction,

@@ -9,7 +9,7 @@ from ftlib.models import load_model
 from ftlib.pipeline import FinetuneConfig
 from ftlib.regularization import backbone_state, weight_distance
 from ftlib.techniques import (TECHNIQUES, feature_extraction, get_technique, gradual_unfreezing, linear_probe, lora,
-                              lp_ft, train_frozen, train_l2sp)
+                              lp_ft, partial_finetune, train_frozen, train_l2sp)
 from tiny_data import make_image_loader
 
 TEXTS = ["a gripping, beautiful film", "dull and far too long", "the best thing this year", "a mess from start to end",
@@ -44,6 +44,21 @@ def test_frozen_moves_only_the_head_and_keeps_batchnorm_stats(tiny_cnn):
     assert moved["fc.weight"] and moved["fc.bias"]
     frozen = {k: m for k, m in moved.items() if not _is_head(k)}
     assert frozen and not any(frozen.values()), [k for k, m in frozen.items() if m]  # weights and BN buffers
+
+
+@pytest.mark.parametrize("frozen_blocks", [1, 2])
+def test_partial_keeps_the_bottom_blocks_and_trains_everything_above(tiny_bert, text_loader, frozen_blocks):
+    before = copy.deepcopy(tiny_bert.state_dict())
+    out = partial_finetune(tiny_bert, text_loader, None, frozen_blocks=frozen_blocks, epochs=1, lr=1e-2)
+    moved = _moved(before, tiny_bert)
+    kept = ("bert.embeddings.", "bert.encoder.layer.0.")[:frozen_blocks]
+    assert not any(m for k, m in moved.items() if k.startswith(kept))
+    trained = [k for k in moved if not k.startswith(kept) and k.endswith("weight") and "LayerNorm" not in k]
+    assert trained and all(moved[k] for k in trained), [k for k in trained if not moved[k]]
+    frozen_params = sum(p.numel() for n, p in tiny_bert.named_parameters() if n.startswith(kept))
+    assert out["trainable_parameters"] == out["total_parameters"] - frozen_params
+    with pytest.raises(ValueError, match=r"frozen_blocks must be between 0 and 3.*bert.embeddings"):
+        partial_finetune(tiny_bert, text_loader, None, frozen_blocks=6, epochs=1)
 
 
 def test_linear_probe_leaves_backbone_unchanged_and_fits_the_head(tiny_cnn):
@@ -166,7 +181,7 @@ def test_scratch_builds_a_new_random_model(tiny_bert, text_loader):
 
 
 def test_unknown_technique_and_option_errors_list_what_is_accepted(tiny_cnn):
-    with pytest.raises(ValueError, match=r"Unknown technique 'magic'. Available techniques: full, scratch, "
+    with pytest.raises(ValueError, match=r"Unknown technique 'magic'. Available techniques: full, partial, scratch, "
                                          r"feature-extraction, frozen, lp-ft"):
         get_technique("magic")
     with pytest.raises(ValueError, match=r"--technique must be one of \[.*'lora'.*\]; got 'magic'"):
