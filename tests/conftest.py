@@ -14,6 +14,22 @@ from tiny_data import make_image_loader  # noqa: E402
 
 
 @pytest.fixture
+def moved_to(monkeypatch):
+    """The devices every ``ftlib.devices.to_device`` call moved a batch to, in order."""
+    from ftlib import devices
+
+    moved = []
+    real = devices.to_device
+
+    def spy(batch, device):
+        moved.append(torch.device(device))
+        return real(batch, device)
+
+    monkeypatch.setattr(devices, "to_device", spy)
+    return moved
+
+
+@pytest.fixture
 def image_loader():
     return make_image_loader()
 

@@ -36,17 +36,8 @@ def test_probe_model_returns_logits_on_the_backbone_device(monkeypatch):
     assert out.device.type == "meta" and tuple(out.shape) == (2, 3)
 
 
-def test_lr_range_test_moves_batches_to_the_model_device(monkeypatch):
-    from ftlib import devices
-
-    moved = []
-    real = devices.to_device
-
-    def spy(batch, device):
-        moved.append(torch.device(device))
-        return real(batch, device)
-
-    monkeypatch.setattr(devices, "to_device", spy)
+def test_lr_range_test_moves_batches_to_the_model_device(moved_to):
+    moved = moved_to
     model = TinyCNN(num_classes=3)
     optim.lr_range_test(model, make_image_loader(n=48), num_steps=5)
     assert moved and set(moved) == {next(model.parameters()).device}

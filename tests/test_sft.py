@@ -220,18 +220,9 @@ def test_bf16_is_native_agrees_with_what_fit_picks_for_auto(monkeypatch, flags, 
     assert (devices.resolve_precision("auto", "cpu") == "bf16") is native
 
 
-def test_scoring_and_generation_move_batches_to_the_model_device(monkeypatch, tok, lm):
+def test_scoring_and_generation_move_batches_to_the_model_device(moved_to, tok, lm):
     # After fit on a GPU the model stays there; batches collated on the CPU must follow.
-    from ftlib import devices
-
-    moved = []
-    real = devices.to_device
-
-    def spy(batch, device):
-        moved.append(torch.device(device))
-        return real(batch, device)
-
-    monkeypatch.setattr(devices, "to_device", spy)
+    moved = moved_to
     where = next(lm.parameters()).device
     for choices in (["y", "n"], ["yes", "no", "maybe"]):  # one-token and several-token paths
         moved.clear()
