@@ -99,7 +99,10 @@ class Finetuned:
     @torch.no_grad()
     def probabilities(self, inputs: Sequence, batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape ``(len(inputs), num_classes)``; texts or images (paths or arrays)."""
+        from ftlib.devices import to_device
+
         self.model.eval()
+        device = next(self.model.parameters()).device  # a model fit left on a GPU predicts there
         inputs = list(inputs)
         # Texts of similar length batch together (less padding), as in training; the
         # rows are put back in the order given.
@@ -113,14 +116,14 @@ class Finetuned:
                     raise TypeError("This is a text model: give it strings.")
                 batch = self.tokenizer(chunk, padding="longest", truncation=True, max_length=self.max_length,
                                        return_tensors="pt")
-                logits = self.model(**batch).logits
+                logits = self.model(**to_device(dict(batch), device)).logits
             else:
                 from ftlib.batches import prepare_images
 
                 images = np.stack([_read_image(x, self.image_size) for x in chunk])
                 pixels = prepare_images(images, self.image_size, self.mean, self.std)
-                logits = self.model(pixels)
-            out.append(torch.softmax(logits.float(), dim=-1).numpy())
+                logits = self.model(to_device({"pixel_values": pixels}, device)["pixel_values"])
+            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         if not out:
             return np.zeros((0, len(self.class_names)))
         probs = np.empty((len(inputs), len(self.class_names)), dtype=np.float32)

@@ -81,6 +81,19 @@ def test_image_model_reloads_and_predicts_image_files(tmp_path):
         load_finetuned(folder).predict([str(tmp_path / "model" / "ftlib.json")])
 
 
+def test_predict_feeds_the_model_on_its_own_device(text_folder, tmp_path, moved_to):
+    # `ftlib finetune` predicts with the model fit left on a GPU: CPU batches must follow it.
+    folder, _ = text_folder
+    kept = load_finetuned(folder)
+    assert kept.probabilities(TEXTS, batch_size=2).shape == (4, 2)
+    assert moved_to == [torch.device("cpu")] * 2
+    image = load_finetuned(save_finetuned(load_model("tiny-cnn", num_classes=3), tmp_path / "image",
+                                          model_name="tiny-cnn", class_names=["a", "b", "c"], image_size=32))
+    moved_to.clear()
+    assert image.probabilities([np.zeros((32, 32, 3), dtype=np.uint8)]).shape == (1, 3)
+    assert moved_to == [torch.device("cpu")]
+
+
 def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="holds no saved model"):
         load_finetuned(tmp_path)
