@@ -37,17 +37,22 @@ def instruction_prompts(dataset: str, texts) -> list[str]:
 
 
 def _precision(choice: str) -> str:
-    """``"bf16"`` or ``"fp32"``: ftlib.devices decides what ``"auto"`` means (the job runs on the CPU)."""
-    from ftlib.devices import resolve_precision
+    """``"bf16"`` or ``"fp32"`` on the device the job trains on (``fit``'s default: a GPU if there is one).
 
-    return resolve_precision(choice, "cpu")
+    ftlib.devices decides what ``"auto"`` means there. fp16 is not offered: its gradient
+    scaling has no place in bf16-stored weights, so an older GPU gets fp32.
+    """
+    from ftlib.devices import default_device, resolve_precision
+
+    precision = resolve_precision(choice, default_device())
+    return "fp32" if precision == "fp16" else precision
 
 
 def _describe_precision(stored_bf16: bool, autocast: bool) -> str:
     if stored_bf16:
-        return "the CPU has native bf16: frozen weights stored in bf16, adapters and optimizer in fp32"
+        return "frozen weights stored in bf16, adapters and optimizer in fp32"
     if autocast:
-        return "the CPU has native bf16: bf16 autocast over fp32 weights"
+        return "bf16 autocast over fp32 weights"
     return "fp32"
 
 
@@ -57,10 +62,11 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
 
     from ftlib import sft
     from ftlib.data import load_dataset, split_dataset
+    from ftlib.devices import default_device
     from ftlib.evaluate import held_out_metrics
     from ftlib.models import count_parameters, get_model_spec, load_causal_lm
     from ftlib.optim import adamw
-    from ftlib.reporting import allocator, peak_memory_mb, save_run_plots
+    from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
     from ftlib.train import fit, set_seed
 
     started = time.perf_counter()
@@ -82,6 +88,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     autocast = bf16 and not stored_bf16
     model, tokenizer = load_causal_lm(cfg.model, allow_download=cfg.allow_download,
                                       dtype=torch.bfloat16 if stored_bf16 else torch.float32)
+    model.to(default_device())  # zero-shot scoring runs where fit will train: a GPU if there is one
 
     raw = load_dataset(cfg.dataset)
     splits = split_dataset(raw, train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
@@ -113,7 +120,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     if cfg.technique == "lora":
         r = int(cfg.technique_options.get("r", 16))
         model = sft.add_lora(model, r=r, alpha=2 * r)
-        what = f"LoRA r={r}, alpha {2 * r}, on every linear layer of the 30 blocks"
+        what = f"LoRA r={r}, alpha {2 * r}, on every linear layer of the {model.config.num_hidden_layers} blocks"
     else:
         model.train()
         what = "full fine-tuning (every weight)"
@@ -163,7 +170,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         "test": test, "zero_shot": zero_shot, "trainable_parameters": trainable, "total_parameters": total,
         "precision": precision, "train_seconds": train_seconds, "train_tokens_per_second": tokens / train_seconds,
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
-        "allocator": allocator(), "class_names": raw.class_names, "answers": answers,
+        "allocator": allocator(), **device_report(), "class_names": raw.class_names, "answers": answers,
         "threads": torch.get_num_threads(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

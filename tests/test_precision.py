@@ -63,8 +63,9 @@ class _Recorder(TinyCNN):
 def test_fit_runs_forward_passes_at_the_precision_and_records_it(precision, dtype):
     torch.manual_seed(0)
     model = _Recorder()
+    # The CPU's autocast, also where a GPU is present (its autocast casts other operations).
     history = train.fit(model, make_image_loader(n=48), make_image_loader(n=24, seed=1), epochs=2, lr=3e-3,
-                        progress=False, precision=precision, clip_grad_norm=1.0)
+                        progress=False, precision=precision, clip_grad_norm=1.0, device="cpu")
     assert history.precision == precision
     assert set(model.seen) == {dtype} and len(model.seen) == 2 * (6 + 3)  # training and validation
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from ftlib.cli import main
 from ftlib.pipeline import FinetuneConfig, finetune
@@ -22,11 +23,14 @@ def test_a_generative_model_implies_its_task_and_lora(tmp_path):
 
 
 def test_finetune_writes_metrics_generations_curves_and_the_adapter(tmp_path):
+    lines = []
     metrics = finetune(model="tiny-llama", train_size=8, val_size=4, test_size=6, batch_size=4, max_length=384,
-                       out=str(tmp_path), progress=False, log=lambda _: None)
+                       out=str(tmp_path), progress=False, log=lines.append)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("zero_shot", "test", "trainable_parameters", "precision", "history", "peak_memory_mb"):
         assert key in saved
+    assert saved["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    assert any("every linear layer of the 2 blocks" in line for line in lines)  # the model's own depth
     assert saved["precision"] in ("bf16", "fp32") and 0 < saved["trainable_parameters"] < saved["total_parameters"]
     assert saved["test"]["num_examples"] == saved["zero_shot"]["num_examples"] == 6
     generations = json.loads((tmp_path / "generations.json").read_text())
@@ -60,6 +64,7 @@ def test_the_generative_job_takes_its_precision_and_autocast_from_ftlib_devices(
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda cpuinfo="/proc/cpuinfo": flags)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(devices, "default_device", lambda: torch.device("cpu"))  # the CPU's decision, GPU or not
     assert devices.resolve_precision("auto", "cpu") == expected
     asked, autocast = [], devices.autocast
     monkeypatch.setattr(devices, "autocast", lambda precision, device: asked.append(precision) or autocast(precision,
@@ -69,3 +74,18 @@ def test_the_generative_job_takes_its_precision_and_autocast_from_ftlib_devices(
              max_length=384, out=str(tmp_path), progress=False, log=lambda _: None)
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == expected
     assert asked and set(asked) == {expected, "fp32"}  # fit's own steps stay fp32: SFTModel autocasts inside
+
+
+@pytest.mark.parametrize("bf16_gpu, expected", [(True, "bf16"), (False, "fp32")])
+def test_the_generative_job_resolves_auto_for_the_gpu_it_trains_on(monkeypatch, bf16_gpu, expected):
+    """fit trains on a GPU where there is one: auto must be decided there, not from the CPU's flags."""
+    import torch
+
+    from ftlib import devices, pipeline_llm
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda cpuinfo="/proc/cpuinfo": not bf16_gpu)
+    monkeypatch.setattr(devices, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16_gpu)
+    # An older GPU (fp16 only) trains in fp32: bf16-stored weights have no fp16 counterpart.
+    assert pipeline_llm._precision("auto") == expected
+    assert pipeline_llm._precision("fp32") == "fp32"
