@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ftlib.reporting import allocator, peak_memory_mb, save_run_plots
+from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
 
 __all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
 
@@ -268,7 +268,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
         "trainable_parameters": result.get("trainable_parameters"), "precision": history.precision,
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
-        "allocator": allocator(),
+        "allocator": allocator(), **device_report(),
         "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None,
     }
     if not main:

@@ -10,7 +10,7 @@ import resource
 import sys
 from pathlib import Path
 
-__all__ = ["peak_memory_mb", "allocator", "save_run_plots"]
+__all__ = ["peak_memory_mb", "allocator", "device_report", "save_run_plots"]
 
 
 def peak_memory_mb() -> float:
@@ -26,6 +26,19 @@ def allocator() -> str:
     except OSError:
         return "system"
     return "tcmalloc" if "tcmalloc" in maps else "system"
+
+
+def device_report() -> dict:
+    """Where the run trained: ``{"device": "cpu"}``, or a GPU's name and the most memory it had allocated."""
+    import torch
+
+    from ftlib.devices import default_device
+
+    device = default_device()
+    if device.type != "cuda":
+        return {"device": device.type}
+    return {"device": torch.cuda.get_device_name(device),
+            "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
 def save_run_plots(history, metrics_test: dict, class_names, out: Path) -> None:

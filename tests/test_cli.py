@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ftlib.cli import _tcmalloc, main
 
@@ -60,6 +61,8 @@ def test_finetune_tiny_end_to_end_writes_metrics_and_plots(tmp_path):
     assert set(metrics["test"]) >= {"accuracy", "macro_f1", "confusion_matrix"}
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 32
     assert metrics["total_seconds"] > 0 and metrics["peak_memory_mb"] > 0
+    gpu = torch.cuda.is_available()  # where it trained: the GPU and its memory, if there is one
+    assert metrics["device"] == (torch.cuda.get_device_name() if gpu else "cpu") and ("gpu_peak_memory_mb" in metrics) == gpu
     assert (out / "learning_curves.png").exists() and (out / "confusion_matrix.png").exists()
     assert str(out / "metrics.json") in result.stdout
     # Training commands restart under TCMalloc where the system has it (lower peak memory).

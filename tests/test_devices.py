@@ -126,3 +126,14 @@ def test_fit_trains_inside_reproducible_for_its_device(monkeypatch):
     assert seen == [torch.device("cpu")]
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, seed=None)
     assert len(seen) == 1  # no seed, no reproducibility asked for: the fastest kernels
+
+
+def test_a_run_records_the_gpu_it_trained_on_and_its_peak_memory(monkeypatch):
+    from ftlib import devices
+    from ftlib.reporting import device_report
+
+    assert device_report() == {"device": "cpu"} or torch.cuda.is_available()
+    monkeypatch.setattr(devices, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
+    assert device_report() == {"device": "NVIDIA H200", "gpu_peak_memory_mb": 3.0}
