@@ -137,3 +137,12 @@ def test_a_checks_module_builds_its_prepared_state_once_before_the_grade_cells(t
     report = check_notebook(str(path), warm_start=False)
     assert [r["status"] for r in report["results"]] == ["pass", "pass"]
     assert builds.read_text() == "built\n"
+
+
+def test_learner_atexit_handlers_do_not_hold_the_check(course):
+    # Results are in once the last grade cell ran: the runner ends there, with no teardown.
+    hang = helpers.ADD_OK + "import atexit, time\natexit.register(time.sleep, 600)\n"
+    path = _learner(course, "atexit", helpers._with(add=hang))
+    report = check_notebook(path, timeout=2, warm_start=False)
+    assert [r["status"] for r in report["results"] if r["status"] != "hidden"] == ["pass", "pass"]
+    assert report["process"]["status"] == "exited" and report["process"]["returncode"] == 0
