@@ -180,7 +180,8 @@ def _cmd_finetune(args) -> int:
                          allow_download=args.allow_download, progress=not args.quiet,
                          precision=args.precision, data=args.data, val_data=args.val_data, test_data=args.test_data,
                          text_column=args.text_column, label_column=args.label_column,
-                         group_column=args.group_column, merge=args.merge).resolved()
+                         group_column=args.group_column, merge=args.merge,
+                         deterministic=args.deterministic).resolved()
     cfg.technique_options = _technique_options(args, [cfg.technique]).get(cfg.technique, {})
     finetune(cfg)
     return 0
@@ -281,6 +282,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--image-size", type=_positive_int, help="multiple of 32 (default 96)")
     ft.add_argument("--max-length", type=_positive_int, help="tokens per text (default 64; 128 for generative models)")
     ft.add_argument("--precision", choices=PRECISION_NAMES, help=_PRECISION_HELP)
+    ft.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                    help="with the seed, deterministic GPU kernels, so a re-run gives the same model (default); "
+                         "--no-deterministic trains faster on a GPU; no effect on a CPU")
     ft.add_argument("--out", help="output folder (default: runs/<time>-<model>-<dataset>-<technique>)")
     ft.add_argument("--allow-download", action="store_true", help="allow Hugging Face model ids (needs internet)")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")

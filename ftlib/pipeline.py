@@ -65,6 +65,8 @@ class FinetuneConfig:
     label_column: str | None = None
     group_column: str | None = None
     merge: bool = False  # LoRA: also save the adapter merged into the model
+    # With the seed, deterministic GPU kernels (identical re-runs, slower); no effect on a CPU.
+    deterministic: bool = True
 
     def resolved(self) -> "FinetuneConfig":
         """Fill in defaults and validate every field, with messages naming the option."""
@@ -267,6 +269,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
         "trainable_parameters": result.get("trainable_parameters"), "precision": history.precision,
+        "deterministic": cfg.deterministic,
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "allocator": allocator(), **device_report(),
         "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None,

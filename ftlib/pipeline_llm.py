@@ -144,7 +144,8 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     train_start = time.perf_counter()
     # One epoch has nothing to restore; more would copy every weight (540 MB) at each best epoch.
     history = fit(sft.SFTModel(model, bf16=autocast), train_loader, val_loader, epochs=cfg.epochs, optimizer=optimizer,
-                  restore_best=cfg.epochs > 1, seed=cfg.seed, progress=cfg.progress)
+                  restore_best=cfg.epochs > 1, seed=cfg.seed, deterministic=cfg.deterministic,
+                  progress=cfg.progress)
     train_seconds = time.perf_counter() - train_start
     tokens = sum(len(e["input_ids"]) for e in train_examples) * len(history)
     for e in history.to_list():
@@ -168,7 +169,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "max_length": cfg.max_length, "best_epoch": history.best_epoch, "history": history.to_list(),
         "test": test, "zero_shot": zero_shot, "trainable_parameters": trainable, "total_parameters": total,
-        "precision": precision, "train_seconds": train_seconds, "train_tokens_per_second": tokens / train_seconds,
+        "precision": precision, "deterministic": cfg.deterministic, "train_seconds": train_seconds, "train_tokens_per_second": tokens / train_seconds,
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "allocator": allocator(), **device_report(), "class_names": raw.class_names, "answers": answers,
         "threads": torch.get_num_threads(),

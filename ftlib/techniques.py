@@ -59,7 +59,8 @@ def _options(technique: "Technique", cfg) -> dict:
 def _training_kwargs(cfg, opts: dict) -> dict:
     """The run's budget for techniques that train with ``fit``; ``lr_factor`` scales ``cfg.lr``."""
     return {"epochs": cfg.epochs, "lr": cfg.lr * opts.pop("lr_factor", 1.0), "seed": cfg.seed,
-            "progress": cfg.progress, "precision": getattr(cfg, "precision", None) or "fp32"}
+            "progress": cfg.progress, "precision": getattr(cfg, "precision", None) or "fp32",
+            "deterministic": getattr(cfg, "deterministic", True)}
 
 
 def _scratch_kwargs(cfg, opts: dict) -> dict:
