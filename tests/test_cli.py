@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -165,3 +166,13 @@ def test_feature_extraction_runs_and_says_its_model_is_not_saved(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Model not saved: feature extraction" in r.stdout.strip().splitlines()[-1]
     assert json.loads((out / "metrics.json").read_text())["model_path"] is None and not (out / "model").exists()
+
+
+def test_the_cli_caps_onednn_kernel_cache_unless_told_otherwise(monkeypatch, capsys):
+    # Its default (1,024 kernels, one per batch shape) cost the main job ~150 MB of peak memory.
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert main(["models"]) == 0
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    assert main(["models"]) == 0
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

@@ -72,7 +72,7 @@ def test_postbuild_installs_the_package_and_the_data():
 
 def test_start_sets_quiet_offline_defaults_and_runs_the_command():
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHONWARNINGS"))}
+           if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHONWARNINGS", "ONEDNN_"))}
     out = subprocess.run([str(BINDER / "start"), "env"], env=env, capture_output=True, text=True, check=True).stdout
     got = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert got["HF_HUB_OFFLINE"] == "1"
@@ -80,6 +80,7 @@ def test_start_sets_quiet_offline_defaults_and_runs_the_command():
     assert got["TOKENIZERS_PARALLELISM"] == "false"
     assert got["TRANSFORMERS_VERBOSITY"] == "error"
     assert "ignore::DeprecationWarning" in got["PYTHONWARNINGS"]
+    assert got["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"  # as `ftlib finetune` sets it
     # A value set outside wins.
     out = subprocess.run([str(BINDER / "start"), "env"], env={**env, "HF_HUB_OFFLINE": "0"},
                          capture_output=True, text=True, check=True).stdout
