@@ -111,7 +111,9 @@ def test_reproducible_pins_down_cuda_kernels_and_restores_the_settings(monkeypat
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and len(calls) == 2
 
 
-def test_fit_trains_inside_reproducible_for_its_device(monkeypatch):
+@pytest.fixture
+def reproducible_for(monkeypatch):
+    """The devices ``fit`` asked ``reproducible`` (deterministic kernels) for, in order."""
     import contextlib
 
     seen = []
@@ -122,34 +124,31 @@ def test_fit_trains_inside_reproducible_for_its_device(monkeypatch):
         yield
 
     monkeypatch.setattr(train, "reproducible", spy)
+    return seen
+
+
+def test_fit_trains_inside_reproducible_for_its_device(reproducible_for):
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, device="cpu")
-    assert seen == [torch.device("cpu")]
+    assert reproducible_for == [torch.device("cpu")]
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, seed=None)
-    assert len(seen) == 1  # no seed, no reproducibility asked for: the fastest kernels
+    assert len(reproducible_for) == 1  # no seed, no reproducibility asked for: the fastest kernels
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, deterministic=False)
-    assert len(seen) == 1  # seeded, but the faster GPU kernels asked for
+    assert len(reproducible_for) == 1  # seeded, but the faster GPU kernels asked for
 
 
-def test_no_deterministic_reaches_fit_from_the_command_line(monkeypatch, tmp_path):
-    import contextlib
+def test_no_deterministic_reaches_fit_from_the_command_line(reproducible_for, tmp_path):
     import json
 
     from ftlib.cli import main
 
-    seen = []
-
-    @contextlib.contextmanager
-    def spy(device):
-        seen.append(torch.device(device))
-        yield
-
-    monkeypatch.setattr(train, "reproducible", spy)
     common = ["finetune", "--model", "tiny-bert", "--train-size", "32", "--val-size", "16", "--test-size", "16",
               "--epochs", "1", "--quiet"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert len(seen) == 1 and json.loads((tmp_path / "a" / "metrics.json").read_text())["deterministic"] is True
+    assert len(reproducible_for) == 1
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["deterministic"] is True
     assert main([*common, "--no-deterministic", "--out", str(tmp_path / "b")]) == 0
-    assert len(seen) == 1 and json.loads((tmp_path / "b" / "metrics.json").read_text())["deterministic"] is False
+    assert len(reproducible_for) == 1
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["deterministic"] is False
 
 
 def test_a_run_records_the_gpu_it_trained_on_and_its_peak_memory(monkeypatch):
