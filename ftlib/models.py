@@ -221,80 +221,107 @@ def _smollm2_folder() -> Path:
     The package ships the model as a 4-bit GGUF file. transformers reads it (with the
     ``gguf`` package), dequantizing every tensor to fp32 (15-20 s) and converting the
     tokenizer (about 6 s); the result is written in the standard format so that later
-    loads take about a second. A GGUF-loaded model refuses ``save_pretrained``, so the
-    weights are copied into a model built from the same config first. The folder is
-    written under a temporary name and renamed, so an interrupted first load leaves no
-    half-written cache behind.
+    loads take about a second. See :func:`_convert_smollm2` for how.
     """
     folder = cache_dir() / _SMOLLM2_CACHE
-    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
-        return folder
-    gguf = _smollm2_gguf()
-    try:
-        import gguf as _  # noqa: F401  transformers needs it to read GGUF files
-    except ImportError as err:
-        raise ImportError("Reading the SmolLM2 weights needs the gguf package: pip install gguf==0.19.0") from err
-    import sys
-    import tempfile
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"Converting SmolLM2-135M-Instruct from 4-bit GGUF to a cached transformers folder (once, about "
-          f"30 s): {folder}", file=sys.stderr)
-    with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        model.generation_config = loaded.generation_config
-        del loaded
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    tmp.chmod(0o755)  # mkdtemp makes it private; a cache is shared like any other
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first: keep its copy
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not _complete(folder):
+        _convert_in_child()
     return folder
 
 
 def _smollm2_bf16_folder() -> Path:
     """The cached weights rounded to bf16 (what loading in bf16 gives anyway), made once.
 
-    Reading the fp32 file into bf16 holds both at the peak (1.15 GB of memory for a moment,
-    imports included); a bf16 file is mapped as it is (0.47 GB). Where the cache cannot be written (a grader's
-    read-only copy), the fp32 folder is returned and converted at each load instead.
+    A bf16 file is mapped as it is (0.47 GB to load); reading the fp32 file into bf16
+    would hold both. Where the cache cannot be written (a grader's read-only copy), the
+    fp32 folder is returned and converted at each load instead.
     """
     folder = cache_dir() / (_SMOLLM2_CACHE + "-bf16")
-    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
-        return folder
-    source = _smollm2_folder()
+    if not _complete(folder):
+        try:
+            _convert_in_child()
+        except RuntimeError:
+            if not _complete(cache_dir() / _SMOLLM2_CACHE):
+                raise
+    return folder if _complete(folder) else _smollm2_folder()
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+
+
+def _convert_in_child() -> None:
+    """Run :func:`_convert_smollm2` in a child process, so this one never holds its memory.
+
+    Dequantizing holds the fp32 model while it is written (a 1.5-1.9 GB peak with the
+    libraries); in a learner's kernel that stayed as its peak for the rest of the
+    notebook, over Binder's 2 GB. The child's memory is returned when it exits.
+    """
+    import subprocess
+    import sys
+
+    _smollm2_gguf()  # a missing package is this process's clear ImportError, not the child's
+    try:
+        import gguf as _  # noqa: F401  transformers needs it to read GGUF files
+    except ImportError as err:
+        raise ImportError("Reading the SmolLM2 weights needs the gguf package: pip install gguf==0.19.0") from err
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", "from ftlib.models import _convert_smollm2; _convert_smollm2()"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"Converting SmolLM2's weights into {cache_dir()} failed:\n{result.stderr[-2000:]}")
+
+
+def _convert_smollm2() -> None:
+    """Write the cached fp32 and bf16 folders that are missing (what ``_convert_in_child`` runs).
+
+    A GGUF-loaded model refuses ``save_pretrained``, so its weights are written with
+    safetensors, the way ``save_pretrained`` writes them (the output layer shares the
+    embeddings' tensor and is not written twice), beside its config and tokenizer. Each
+    folder is written under a temporary name and renamed, so an interrupted conversion
+    leaves no half-written cache behind.
+    """
     import shutil
+    import sys
     import tempfile
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    try:
+    fp32, bf16 = cache_dir() / _SMOLLM2_CACHE, cache_dir() / (_SMOLLM2_CACHE + "-bf16")
+    with _quiet_transformers():
+        if _complete(fp32):
+            state = load_file(str(fp32 / "model.safetensors"))
+            config, generation = AutoConfig.from_pretrained(fp32), GenerationConfig.from_pretrained(fp32)
+            tokenizer = AutoTokenizer.from_pretrained(fp32)
+        else:
+            gguf = _smollm2_gguf()
+            print(f"Converting SmolLM2-135M-Instruct from 4-bit GGUF to a cached transformers folder (once, "
+                  f"about 30 s): {fp32}", file=sys.stderr)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config, generation = model.config, model.generation_config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            state = model.state_dict()
+            if config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)
+    fp32.parent.mkdir(parents=True, exist_ok=True)
+    for folder, dtype in ((fp32, torch.float32), (bf16, torch.bfloat16)):
+        if _complete(folder):
+            continue
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    except OSError:
-        return source
-    try:
-        with _quiet_transformers():
-            AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-        tmp.chmod(0o755)
-        tmp.rename(folder)
-    except OSError:  # another process finished first (keep its copy), or the disk is full
-        shutil.rmtree(tmp, ignore_errors=True)
-        return folder if (folder / "model.safetensors").exists() else source
-    return folder
+        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        generation.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache is shared like any other
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _quiet_transformers:
