@@ -5,7 +5,7 @@ the installed ftlib package. Used by tests/course, scripts/measure_notebooks.py 
 bench/course (which put ``scripts/`` on ``sys.path``).
 
 * :func:`run_notebook` executes a notebook headless with nbclient in a fresh kernel and
-  reports wall time and the kernel's peak memory (``ru_maxrss``, read by an extra cell).
+  reports wall time and the kernel's peak memory (``VmHWM``, read by an extra cell).
 * :func:`validate_notebook` runs nbgrader's own :class:`nbgrader.validator.Validator`, the
   code behind the Validate button: ``invert=False`` lists failing grade cells (a solution
   notebook must have none), ``invert=True`` lists passing ones (a release notebook must
@@ -26,8 +26,14 @@ __all__ = ["ROOT", "assignments", "solution_notebook", "release_notebook", "run_
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_PEAK_CELL = ("import resource as _r, sys as _s\n"
-              "print('FTLIB_PEAK_KB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)")
+# The kernel's own peak (VmHWM): ru_maxrss would also keep the peak of the process that
+# started it, which it inherits across fork and exec (a large test process, say).
+_PEAK_CELL = ("import resource as _r\n"
+              "try:\n"
+              "    _p = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
+              "except (OSError, IndexError):\n"
+              "    _p = _r.getrusage(_r.RUSAGE_SELF).ru_maxrss\n"
+              "print('FTLIB_PEAK_KB', _p)")
 
 
 def assignments() -> list[str]:
