@@ -237,11 +237,14 @@ def _smollm2_bf16_folder() -> Path:
     fp32 folder is returned and converted at each load instead.
     """
     folder = cache_dir() / (_SMOLLM2_CACHE + "-bf16")
+    fp32 = cache_dir() / _SMOLLM2_CACHE
+    if _complete(fp32) and not os.access(cache_dir(), os.W_OK):
+        return folder if _complete(folder) else fp32  # read-only: no child started at every load
     if not _complete(folder):
         try:
             _convert_in_child()
         except RuntimeError:
-            if not _complete(cache_dir() / _SMOLLM2_CACHE):
+            if not _complete(fp32):
                 raise
     return folder if _complete(folder) else _smollm2_folder()
 
@@ -265,6 +268,8 @@ def _convert_in_child() -> None:
         import gguf as _  # noqa: F401  transformers needs it to read GGUF files
     except ImportError as err:
         raise ImportError("Reading the SmolLM2 weights needs the gguf package: pip install gguf==0.19.0") from err
+    print(f"Converting SmolLM2-135M-Instruct's 4-bit GGUF file into cached transformers folders (once, about "
+          f"25 s): {cache_dir()}", file=sys.stderr)
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", "from ftlib.models import _convert_smollm2; _convert_smollm2()"],
@@ -283,7 +288,6 @@ def _convert_smollm2() -> None:
     leaves no half-written cache behind.
     """
     import shutil
-    import sys
     import tempfile
 
     from safetensors.torch import load_file, save_file
@@ -297,8 +301,6 @@ def _convert_smollm2() -> None:
             tokenizer = AutoTokenizer.from_pretrained(fp32)
         else:
             gguf = _smollm2_gguf()
-            print(f"Converting SmolLM2-135M-Instruct from 4-bit GGUF to a cached transformers folder (once, "
-                  f"about 30 s): {fp32}", file=sys.stderr)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             config, generation = model.config, model.generation_config

@@ -83,3 +83,38 @@ def test_tiny_llama_and_its_tokenizer():
 
 def test_tiny_tokenizer_is_fresh_each_time():
     assert tiny_chat_tokenizer() is not tiny_chat_tokenizer()
+
+
+def _fake_cache(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+
+
+def test_a_first_load_says_it_converts_and_runs_the_conversion_in_a_child(monkeypatch, tmp_path, capsys):
+    import subprocess
+
+    monkeypatch.setenv("FTLIB_CACHE", str(tmp_path))
+    started = []
+
+    def child(args, **kwargs):  # stands in for the 25 s conversion: writes the two folders
+        started.append(args)
+        for name in ("smollm2-135m-instruct-q4_1-dequantized", "smollm2-135m-instruct-q4_1-dequantized-bf16"):
+            _fake_cache(tmp_path / name)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", child)
+    assert models._smollm2_bf16_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized-bf16"
+    assert len(started) == 1 and "_convert_smollm2()" in started[0][-1]
+    assert "Converting SmolLM2-135M-Instruct" in capsys.readouterr().err
+    assert models._smollm2_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized" and len(started) == 1
+
+
+def test_a_read_only_cache_without_bf16_gives_the_fp32_folder_and_starts_no_child(monkeypatch, tmp_path):
+    import subprocess
+
+    monkeypatch.setenv("FTLIB_CACHE", str(tmp_path))
+    _fake_cache(tmp_path / "smollm2-135m-instruct-q4_1-dequantized")
+    monkeypatch.setattr(models.os, "access", lambda path, mode: False)  # a grader's read-only copy
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no conversion in a read-only cache"))
+    assert models._smollm2_bf16_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized"
