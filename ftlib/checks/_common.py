@@ -84,9 +84,15 @@ class CheckFailure(AssertionError):
         lines = [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {what}", *details]
         cause = self.__cause__
         if cause is not None:  # the learner's function crashed: where, in their code
-            lines += [f"  in your code: {where}" for where in _cells(cause.__traceback__)[-2:]]
+            lines += [f"  in your code: {where}" for where in where_in_learner_code(self)]
         lines += [f"  checked by:   {where}" for where in _cells(self.__traceback__)[:1]]
         return lines
+
+
+def where_in_learner_code(failure: BaseException) -> list[str]:
+    """Where, in notebook cells, the learner's code raised the error behind ``failure`` (last two)."""
+    cause = failure.__cause__
+    return _cells(cause.__traceback__)[-2:] if cause is not None else []
 
 
 def _cells(tb) -> list[str]:

@@ -8,12 +8,13 @@ from torch import nn
 
 from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, as_float, call, expect, quiet, same_state, state_snapshot,
                                   tiny_image_loader)
+from ftlib.checks._remote import observe
 from ftlib.freezing import freeze_up_to
 from ftlib.train import EarlyStopping as ReferenceEarlyStopping
 from ftlib.train import evaluate as reference_evaluate
 from ftlib.train import train_one_epoch as reference_train_one_epoch
 
-__all__ = ["check_train_one_epoch", "check_evaluate", "check_EarlyStopping"]
+__all__ = ["check_train_one_epoch", "check_evaluate", "check_EarlyStopping", "probe_train_one_epoch", "probe_evaluate"]
 
 
 def _metric(result, key: str, fn_name: str) -> float:
@@ -46,36 +47,54 @@ class _CountingScheduler:
         return self.inner.get_last_lr()
 
 
+def _setups(thorough: bool) -> list[tuple[int, bool, bool]]:
+    # (seed, stem frozen, with a scheduler)
+    return [(0, True, True), (1, False, False)] + ([(2, True, False)] if thorough else [])
+
+
+def _one_epoch(fn, seed: int, frozen: bool, with_scheduler: bool, *, learner: bool):
+    loader = tiny_image_loader(n=30, batch_size=8, seed=seed)  # batches of 8, 8, 8 and 6
+    model = _setup(seed, frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
+    scheduler = _CountingScheduler(optimizer) if with_scheduler else None
+    model.eval()  # the function must switch to train mode itself
+    if learner:
+        args = (model, loader, optimizer, nn.CrossEntropyLoss()) + ((scheduler,) if scheduler else ())
+        result = call(fn, *args, name="train_one_epoch")
+    else:
+        result = fn(model, loader, optimizer, nn.CrossEntropyLoss(), scheduler)
+    return model, result, scheduler
+
+
+def probe_train_one_epoch(train_one_epoch, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: one epoch of their function per setup, observed as data."""
+    with quiet():
+        observed = []
+        for seed, frozen, with_scheduler in _setups(thorough):
+            model, result, scheduler = _one_epoch(train_one_epoch, seed, frozen, with_scheduler, learner=True)
+            observed.append({"loss": _metric(result, "loss", "train_one_epoch"),
+                             "accuracy": _metric(result, "accuracy", "train_one_epoch"),
+                             "steps": scheduler.steps if scheduler else None, "training": model.training,
+                             "state": state_snapshot(model)})
+        return observed
+
+
 def check_train_one_epoch(train_one_epoch, *, thorough: bool = False) -> None:
     """Same weights, loss and accuracy as the reference after one epoch; frozen BatchNorm untouched."""
+    observed = observe(probe_train_one_epoch, train_one_epoch, thorough=thorough)
     with quiet():
-        setups = [(0, True, True), (1, False, False)] + ([(2, True, False)] if thorough else [])
-        for seed, frozen, with_scheduler in setups:
+        for (seed, frozen, with_scheduler), got in zip(_setups(thorough), observed, strict=True):
             label = f"seed {seed}, {'stem frozen' if frozen else 'all trainable'}, " \
                     f"{'with' if with_scheduler else 'without'} scheduler"
-            loader = tiny_image_loader(n=30, batch_size=8, seed=seed)  # batches of 8, 8, 8 and 6
-            runs = []
-            for fn in (train_one_epoch, reference_train_one_epoch):
-                model = _setup(seed, frozen)
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
-                scheduler = _CountingScheduler(optimizer) if with_scheduler else None
-                model.eval()  # the function must switch to train mode itself
-                if fn is train_one_epoch:
-                    args = (model, loader, optimizer, nn.CrossEntropyLoss()) + ((scheduler,) if scheduler else ())
-                    result = call(fn, *args, name="train_one_epoch")
-                else:
-                    result = fn(model, loader, optimizer, nn.CrossEntropyLoss(), scheduler)
-                runs.append((model, result, scheduler))
-            (model, result, scheduler), (ref_model, ref_result, ref_scheduler) = runs
-            loss = _metric(result, "loss", "train_one_epoch")
-            accuracy = _metric(result, "accuracy", "train_one_epoch")
+            ref_model, ref_result, ref_scheduler = _one_epoch(reference_train_one_epoch, seed, frozen,
+                                                              with_scheduler, learner=False)
             if with_scheduler:
-                expect(scheduler.steps == ref_scheduler.steps,
-                       f"The scheduler should step once per batch ({label}).", ref_scheduler.steps, scheduler.steps,
+                expect(got["steps"] == ref_scheduler.steps,
+                       f"The scheduler should step once per batch ({label}).", ref_scheduler.steps, got["steps"],
                        "Call scheduler.step() right after optimizer.step(), inside the loop over batches.")
-            expect(model.training, "After train_one_epoch the model should be in train mode.", "train", "eval")
-            got_state, want_state = state_snapshot(model), state_snapshot(ref_model)
+            expect(got["training"], "After train_one_epoch the model should be in train mode.", "train", "eval")
+            got_state, want_state = got["state"], state_snapshot(ref_model)
             bn_stats = [n for n in same_state(got_state, want_state, atol=1e-5) if "running" in n or "num_batches" in n]
             if frozen and any(n.startswith("stem.") for n in bn_stats):
                 raise CheckFailure(f"The running statistics of the frozen stem's BatchNorm moved ({label}).",
@@ -87,43 +106,62 @@ def check_train_one_epoch(train_one_epoch, *, thorough: bool = False) -> None:
                    "For every batch: optimizer.zero_grad(), forward, loss, backward, optimizer.step(), then "
                    "scheduler.step() if given. Forgetting zero_grad() accumulates gradients across batches.")
             want_loss = ref_result["loss"]
-            expect(math.isclose(loss, want_loss, rel_tol=1e-5),
-                   f"The returned loss is wrong ({label}).", f"{want_loss:.6f}", f"{loss:.6f}",
+            expect(math.isclose(got["loss"], want_loss, rel_tol=1e-5),
+                   f"The returned loss is wrong ({label}).", f"{want_loss:.6f}", f"{got['loss']:.6f}",
                    "Average over examples, not batches: sum loss.item() * batch_size, divide by the number of "
                    "examples (the last batch is smaller).")
-            expect(math.isclose(accuracy, ref_result["accuracy"], abs_tol=1e-9),
-                   f"The returned accuracy is wrong ({label}).", ref_result["accuracy"], accuracy,
+            expect(math.isclose(got["accuracy"], ref_result["accuracy"], abs_tol=1e-9),
+                   f"The returned accuracy is wrong ({label}).", ref_result["accuracy"], got["accuracy"],
                    "Fraction of examples whose argmax logit equals the label.")
+
+
+def _evaluate_inputs():
+    model = _setup(3, frozen=False, p=0.5)
+    return model, tiny_image_loader(n=30, batch_size=8, seed=4)
+
+
+def probe_evaluate(evaluate, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their evaluate on a model that records each forward call."""
+    with quiet():
+        observed = []
+        for start_training in ((True, False) if thorough else (True,)):
+            model, loader = _evaluate_inputs()
+            spy = ModeSpy(model).train(start_training)
+            before = state_snapshot(model)
+            result = call(evaluate, spy, loader, nn.CrossEntropyLoss(), name="evaluate")
+            observed.append({"start_training": start_training,
+                             "loss": _metric(result, "loss", "evaluate"),
+                             "accuracy": _metric(result, "accuracy", "evaluate"),
+                             "calls": [list(c) for c in spy.calls], "training": spy.training,
+                             "changed": same_state(before, state_snapshot(model)),
+                             "grads": any(p.grad is not None for p in model.parameters())})
+        return observed
 
 
 def check_evaluate(evaluate, *, thorough: bool = False) -> None:
     """Eval mode, no gradients, mode restored, model untouched, example-averaged loss."""
+    observed = observe(probe_evaluate, evaluate, thorough=thorough)
     with quiet():
-        for start_training in ((True, False) if thorough else (True,)):
-            model = _setup(3, frozen=False, p=0.5)
-            reference_model = _setup(3, frozen=False, p=0.5)
-            loader = tiny_image_loader(n=30, batch_size=8, seed=4)
-            spy = ModeSpy(model).train(start_training)
-            before = state_snapshot(model)
-            result = call(evaluate, spy, loader, nn.CrossEntropyLoss(), name="evaluate")
-            loss, accuracy = _metric(result, "loss", "evaluate"), _metric(result, "accuracy", "evaluate")
-            expect(bool(spy.calls), "evaluate never called the model.")
-            expect(not any(t for t, _ in spy.calls), "The model was evaluated in train mode.", "eval mode",
+        for got in observed:
+            start_training, calls = got["start_training"], got["calls"]
+            expect(bool(calls), "evaluate never called the model.")
+            expect(not any(t for t, _ in calls), "The model was evaluated in train mode.", "eval mode",
                    "train mode (dropout active, BatchNorm on batch statistics)",
                    "Call model.eval() before the loop, and restore the previous mode afterwards.")
-            expect(not any(g for _, g in spy.calls), "Gradients were recorded during evaluation.", "torch.no_grad()",
+            expect(not any(g for _, g in calls), "Gradients were recorded during evaluation.", "torch.no_grad()",
                    "grad enabled", "Wrap the loop in `with torch.no_grad():` (or decorate with @torch.no_grad()).")
-            expect(spy.training == start_training, "evaluate did not restore the model's previous mode.",
-                   "train" if start_training else "eval", "train" if spy.training else "eval",
+            expect(got["training"] == start_training, "evaluate did not restore the model's previous mode.",
+                   "train" if start_training else "eval", "train" if got["training"] else "eval",
                    "was_training = model.training ... model.train(was_training).")
-            changed = same_state(before, state_snapshot(model))
-            expect(not changed, "Evaluating changed the model.", "no change", changed[:4])
-            expect(all(p.grad is None for p in model.parameters()), "evaluate computed gradients.")
+            expect(not got["changed"], "Evaluating changed the model.", "no change", got["changed"][:4])
+            expect(not got["grads"], "evaluate computed gradients.")
+            reference_model, loader = _evaluate_inputs()
             want = reference_evaluate(reference_model, loader, nn.CrossEntropyLoss())
-            expect(math.isclose(loss, want["loss"], rel_tol=1e-5), "The returned loss is wrong.", f"{want['loss']:.6f}",
-                   f"{loss:.6f}", "Average over examples: the last batch holds 6 examples, the others 8.")
-            expect(math.isclose(accuracy, want["accuracy"], abs_tol=1e-9), "The returned accuracy is wrong.",
-                   want["accuracy"], accuracy)
+            expect(math.isclose(got["loss"], want["loss"], rel_tol=1e-5), "The returned loss is wrong.",
+                   f"{want['loss']:.6f}", f"{got['loss']:.6f}",
+                   "Average over examples: the last batch holds 6 examples, the others 8.")
+            expect(math.isclose(got["accuracy"], want["accuracy"], abs_tol=1e-9), "The returned accuracy is wrong.",
+                   want["accuracy"], got["accuracy"])
 
 
 _SEQUENCES = [
