@@ -197,8 +197,17 @@ class Channel:
     """The judge's end of the conversation with one learner kernel.
 
     Subclasses implement ``_send(request_text) -> reply_text``; this class builds the
-    requests and turns replies into values or exceptions.
+    requests and turns replies into values or exceptions. ``origins`` records, for each
+    name resolved, the module the kernel says its object comes from (``ftlib.models``
+    for a learner who hands in ftlib's own function): a hint for the instructor, no proof.
     """
+
+    origins: dict
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.origins = {}
+        return self
 
     def _send(self, text: str) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -211,7 +220,7 @@ class Channel:
         except RecursionError:
             raise ProtocolError("the kernel's reply is nested too deeply") from None
 
-    def _answer(self, request: dict) -> Any:
+    def _answer(self, request: dict, reply_box: dict | None = None) -> Any:
         reply_text = self._send(json.dumps(request, allow_nan=False))
         if type(reply_text) is not str or len(reply_text) > MAX_REPLY_BYTES:
             raise ProtocolError(f"the kernel's reply is not text of at most {MAX_REPLY_BYTES} bytes")
@@ -225,6 +234,8 @@ class Channel:
             raise _as_exception(reply["error"])
         if "ok" not in reply:
             raise ProtocolError("the kernel's reply holds neither an answer nor an error")
+        if reply_box is not None:
+            reply_box.update(reply)
         return reply["ok"]
 
     def resolve(self, name: str) -> Any:
@@ -233,7 +244,10 @@ class Channel:
         A module is the judge's own, and only one the judge has imported already: the
         kernel names it, it never decides what the judge imports.
         """
-        answer = self._answer({"op": "resolve", "name": name})
+        reply: dict = {}
+        answer = self._answer({"op": "resolve", "name": name}, reply)
+        if type(reply.get("module")) is str:  # where the kernel says the object was defined
+            self.origins[name] = reply["module"][:200]
         if type(answer) is dict and answer.get("$") == "module":
             module = sys.modules.get(str(answer.get("name")))
             if module is None:
@@ -381,7 +395,11 @@ def serve(request_text: str, namespace: dict | None = None, handles: dict | None
             obj = namespace[name]
             if type(obj).__name__ == "module" and isinstance(getattr(obj, "__name__", None), str):
                 return json.dumps({"ok": {"$": "module", "name": obj.__name__}})
-            result = obj
+            origin = getattr(obj, "__module__", None) if callable(obj) else None
+            reply = {"ok": encode(obj, handle=keep)}
+            if isinstance(origin, str):
+                reply["module"] = origin
+            return json.dumps(reply)
         elif op == "call":
             result = target(request["target"])(*value(request["args"]), **value(request["kwargs"]))
         elif op == "getattr":
@@ -391,7 +409,8 @@ def serve(request_text: str, namespace: dict | None = None, handles: dict | None
             probe = importlib.import_module(module)
             for part in qualname.split("."):
                 probe = getattr(probe, part)
-            result = probe(target(request["target"]), **value(request["kwargs"]))
+            # A probe returns data by contract: anything else fails here as it does locally.
+            return json.dumps({"ok": encode(probe(target(request["target"]), **value(request["kwargs"])))})
         else:
             raise ValueError(f"unknown request {op!r}")
         return json.dumps({"ok": encode(result, handle=keep)})

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from ftlib.checks._common import BNNet, as_int, as_tuple, call, expect, quiet
+from ftlib.checks._remote import observe
 from ftlib.models import count_parameters as reference
 
-__all__ = ["check_count_parameters", "reference"]
+__all__ = ["check_count_parameters", "probe_count_parameters", "reference"]
 
 
 class _Tied(nn.Module):
@@ -34,16 +35,26 @@ def _cases(thorough: bool):
         yield "a fully frozen model", frozen
 
 
-def check_count_parameters(count_parameters, *, thorough: bool = False) -> None:
-    """``count_parameters(model) -> (trainable, total)``: shared tensors once, buffers never."""
+def probe_count_parameters(count_parameters, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their counts on each model, and whether it kept requires_grad."""
     with quiet():
-        for label, model in _cases(thorough):
+        observed = []
+        for _label, model in _cases(thorough):
             flags = [p.requires_grad for p in model.parameters()]
             found = as_tuple(call(count_parameters, model, name="count_parameters"), 2, "count_parameters")
-            trainable, total = as_int(found[0], "trainable"), as_int(found[1], "total")
+            observed.append({"trainable": as_int(found[0], "trainable"), "total": as_int(found[1], "total"),
+                             "flags_kept": [p.requires_grad for p in model.parameters()] == flags})
+        return observed
+
+
+def check_count_parameters(count_parameters, *, thorough: bool = False) -> None:
+    """``count_parameters(model) -> (trainable, total)``: shared tensors once, buffers never."""
+    observed = observe(probe_count_parameters, count_parameters, thorough=thorough)
+    with quiet():
+        for (label, model), got in zip(_cases(thorough), observed, strict=True):
+            trainable, total = as_int(got["trainable"], "trainable"), as_int(got["total"], "total")
             want = reference(model)
-            expect([p.requires_grad for p in model.parameters()] == flags,
-                   f"count_parameters changed requires_grad on {label}.",
+            expect(got["flags_kept"], f"count_parameters changed requires_grad on {label}.",
                    hint="Only read the parameters; do not freeze or unfreeze them.")
             expect(total == want[1], f"Wrong total for {label}.", want[1], total,
                    "Sum p.numel() over model.parameters() (it yields a shared tensor once); "

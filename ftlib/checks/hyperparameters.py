@@ -7,22 +7,23 @@ import torch
 from torch import nn
 
 from ftlib.checks._common import BNNet, CheckFailure, as_float, call, expect, quiet
+from ftlib.checks._remote import observe
 from ftlib.optim import param_groups as reference_param_groups
 from ftlib.optim import warmup_cosine as reference_warmup_cosine
 
-__all__ = ["check_param_groups", "check_warmup_cosine", "check_lr_choice", "LR_RANGE"]
+__all__ = ["check_param_groups", "check_warmup_cosine", "check_lr_choice", "LR_RANGE", "probe_param_groups"]
 
 # Imported once by `ftlib check` before its grade cells fork (see grading._runner).
 PRELOAD = ("transformers.models.bert.modeling_bert",)
 
 
-def _settings(groups, model: nn.Module, label: str) -> dict[str, tuple[float, float]]:
-    """``{parameter name: (lr, weight_decay)}``, checking each trainable parameter is in one group."""
+def _groups_as_data(groups, model: nn.Module, label: str) -> list[dict]:
+    """The groups with each parameter named (None for a tensor that is not one of the model's)."""
     if type(groups) is not list or not all(type(g) is dict for g in groups):
         raise CheckFailure(f"param_groups should return a list of dicts ({label}).", "list of dict",
                            type(groups).__name__, 'Each group: {"params": [...], "lr": ..., "weight_decay": ...}.')
     names = {id(p): n for n, p in model.named_parameters()}
-    seen: dict[str, tuple[float, float]] = {}
+    out = []
     for i, group in enumerate(groups):
         for key in ("params", "lr", "weight_decay"):
             expect(key in group, f"Group {i} has no {key!r} entry ({label}).", '"params", "lr", "weight_decay"',
@@ -32,18 +33,25 @@ def _settings(groups, model: nn.Module, label: str) -> dict[str, tuple[float, fl
         if type(params) not in (list, tuple):
             raise CheckFailure(f"Group {i}'s 'params' should be a list of parameters ({label}).", "list",
                                type(params).__name__)
-        for p in params:
-            expect(id(p) in names, f"Group {i} holds a tensor that is not a parameter of the model ({label}).")
-            name = names[id(p)]
+        out.append({"lr": lr, "weight_decay": wd, "params": [names.get(id(p)) for p in params]})
+    return out
+
+
+def _settings(groups: list[dict], label: str) -> dict[str, tuple[float, float]]:
+    """``{parameter name: (lr, weight_decay)}``, checking each parameter is the model's and in one group."""
+    seen: dict[str, tuple[float, float]] = {}
+    for i, group in enumerate(groups):
+        for name in group["params"]:
+            expect(name is not None, f"Group {i} holds a tensor that is not a parameter of the model ({label}).")
             expect(name not in seen, f"Parameter {name} is in two groups ({label}).", "exactly one group", "two",
                    "The optimizer would update it twice (torch.optim refuses it).")
-            seen[name] = (lr, wd)
+            seen[name] = (group["lr"], group["weight_decay"])
     return seen
 
 
-def _compare(model, reference_model, groups, kwargs, label):
-    got = _settings(groups, model, label)
-    want = _settings(reference_param_groups(reference_model, **kwargs), reference_model, label)
+def _compare(groups: list[dict], reference_model, kwargs, label):
+    got = _settings(groups, label)
+    want = _settings(_groups_as_data(reference_param_groups(reference_model, **kwargs), reference_model, label), label)
     frozen = [n for n in got if n not in want]
     expect(not frozen, f"Frozen parameters should be in no group ({label}).", "none", frozen[:4],
            "Skip parameters with requires_grad=False.")
@@ -63,40 +71,82 @@ def _compare(model, reference_model, groups, kwargs, label):
                                "layer_decay times the block above (use ftlib.freezing.layer_blocks for the order).")
 
 
-def check_param_groups(param_groups, *, thorough: bool = False) -> None:
-    """Per-parameter lr and weight decay equal the reference; each trainable parameter in one group."""
+_KWARGS = dict(base_lr=1e-3, head_lr_multiplier=10.0, layer_decay=0.5, weight_decay=0.05)
+_BERT_KWARGS = dict(base_lr=2e-5, head_lr_multiplier=5.0, layer_decay=0.95, weight_decay=0.01)
+_BERT_LABEL = "tiny BERT (LayerNorm, embeddings, pooler)"
+
+
+def _groups_cases() -> list[tuple[str, bool, dict]]:
+    # (label, stem frozen, param_groups' arguments)
+    return [("BNNet, all trainable", False, _KWARGS),
+            ("BNNet, stem frozen", True, dict(_KWARGS, layer_decay=0.8)),
+            ("BNNet, layer_decay=1, head_lr_multiplier=1", False,
+             dict(_KWARGS, layer_decay=1.0, head_lr_multiplier=1.0))]
+
+
+def _groups_model(stem_frozen: bool) -> BNNet:
     from ftlib.freezing import freeze_up_to
 
+    torch.manual_seed(0)
+    model = BNNet()
+    if stem_frozen:
+        freeze_up_to(model, "stem")
+    return model
+
+
+def _tiny_bert():
+    from ftlib.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("tiny-bert", num_classes=2)
+
+
+def _text(err: BaseException) -> str:
+    try:
+        return str(err)[:2000]
+    except Exception:  # a learner's exception whose __str__ fails
+        return f"<{type(err).__name__}>"
+
+
+def probe_param_groups(param_groups, *, thorough: bool = False) -> dict:
+    """Where the learner's code runs: their groups with each parameter named, and what AdamW made of them."""
     with quiet():
-        kwargs = dict(base_lr=1e-3, head_lr_multiplier=10.0, layer_decay=0.5, weight_decay=0.05)
-        cases = [("BNNet, all trainable", lambda m: None, kwargs),
-                 ("BNNet, stem frozen", lambda m: freeze_up_to(m, "stem"), dict(kwargs, layer_decay=0.8)),
-                 ("BNNet, layer_decay=1, head_lr_multiplier=1", lambda m: None,
-                  dict(kwargs, layer_decay=1.0, head_lr_multiplier=1.0))]
-        for label, prepare, kw in cases:
-            torch.manual_seed(0)
-            model, reference_model = BNNet(), BNNet()
-            prepare(model)
-            prepare(reference_model)
+        cases = []
+        for label, stem_frozen, kw in _groups_cases():
+            model = _groups_model(stem_frozen)
             flags = [p.requires_grad for p in model.parameters()]
             groups = call(param_groups, model, kw["base_lr"], kw["head_lr_multiplier"], kw["layer_decay"],
                           kw["weight_decay"], name="param_groups")
-            expect([p.requires_grad for p in model.parameters()] == flags, "param_groups changed requires_grad.")
-            _compare(model, reference_model, groups, kw, label)
+            flags_changed = [p.requires_grad for p in model.parameters()] != flags
+            as_data = _groups_as_data(groups, model, label)
             try:
                 torch.optim.AdamW(groups)
+                refused = None
             except Exception as err:
-                raise CheckFailure(f"torch.optim.AdamW refused the groups ({label}).", "a valid param-group list",
-                                   f"{type(err).__name__}: {err}") from None
+                refused = f"{type(err).__name__}: {_text(err)}"
+            cases.append({"flags_changed": flags_changed, "groups": as_data, "adamw_refused": refused})
+        bert = None
         if thorough:
-            from ftlib.models import load_model
+            model = _tiny_bert()
+            kw = _BERT_KWARGS
+            groups = call(param_groups, model, kw["base_lr"], kw["head_lr_multiplier"], kw["layer_decay"],
+                          kw["weight_decay"], name="param_groups")
+            bert = _groups_as_data(groups, model, _BERT_LABEL)
+        return {"cases": cases, "bert": bert}
 
-            torch.manual_seed(0)
-            model = load_model("tiny-bert", num_classes=2)
-            reference_model = load_model("tiny-bert", num_classes=2)
-            kw = dict(base_lr=2e-5, head_lr_multiplier=5.0, layer_decay=0.95, weight_decay=0.01)
-            groups = call(param_groups, model, 2e-5, 5.0, 0.95, 0.01, name="param_groups")
-            _compare(model, reference_model, groups, kw, "tiny BERT (LayerNorm, embeddings, pooler)")
+
+def check_param_groups(param_groups, *, thorough: bool = False) -> None:
+    """Per-parameter lr and weight decay equal the reference; each trainable parameter in one group."""
+    observed = observe(probe_param_groups, param_groups, thorough=thorough)
+    with quiet():
+        for (label, stem_frozen, kw), got in zip(_groups_cases(), observed["cases"], strict=True):
+            expect(not got["flags_changed"], "param_groups changed requires_grad.")
+            _compare(got["groups"], _groups_model(stem_frozen), kw, label)
+            if got["adamw_refused"] is not None:
+                raise CheckFailure(f"torch.optim.AdamW refused the groups ({label}).", "a valid param-group list",
+                                   got["adamw_refused"])
+        if thorough:
+            _compare(observed["bert"], _tiny_bert(), _BERT_KWARGS, _BERT_LABEL)
 
 
 def check_warmup_cosine(warmup_cosine, *, thorough: bool = False) -> None:

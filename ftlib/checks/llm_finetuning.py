@@ -15,9 +15,11 @@ from torch import nn
 
 from ftlib import sft as reference
 from ftlib.checks._common import CheckFailure, as_float, call, expect, quiet
+from ftlib.checks._remote import observe
 
 __all__ = ["check_build_sft_example", "check_collate_sft", "check_causal_lm_loss", "check_score_choices",
-           "check_greedy_generate", "tiny_chat_model"]
+           "check_greedy_generate", "tiny_chat_model", "probe_build_sft_example", "probe_collate_sft",
+           "probe_causal_lm_loss", "probe_score_choices", "probe_greedy_generate"]
 
 # Imported once by `ftlib check` before its grade cells fork (see grading._runner).
 PRELOAD = ("transformers.models.llama.modeling_llama", "transformers.tokenization_utils_tokenizers",
@@ -61,16 +63,32 @@ _CASES = [("Is this review positive or negative?\n\nReview: a fine film.", "posi
           ("Say hi", "hi!", 128)]
 
 
+def _sft_cases(thorough: bool) -> list[tuple[str, str, int]]:
+    return _CASES + ([("é" * 40, "non", 30)] if thorough else [])
+
+
+def _label(completion: str, max_length: int) -> str:
+    return f"completion {completion!r}, max_length {max_length}"
+
+
+def probe_build_sft_example(build_sft_example, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their example for each case, as lists of ints."""
+    tok = _tokenizer()
+    with quiet():
+        return [_example(call(build_sft_example, tok, prompt, completion, max_length, name="build_sft_example"),
+                         _label(completion, max_length))
+                for prompt, completion, max_length in _sft_cases(thorough)]
+
+
 def check_build_sft_example(build_sft_example, *, thorough: bool = False) -> None:
     """Chat template with the short system turn, labels -100 on the prompt, end of turn labelled, left cut."""
+    observed = observe(probe_build_sft_example, build_sft_example, thorough=thorough)
     tok = _tokenizer()
     eot = reference.end_of_turn_id(tok)
-    cases = _CASES + ([("é" * 40, "non", 30)] if thorough else [])
     with quiet():
-        for prompt, completion, max_length in cases:
-            label = f"completion {completion!r}, max_length {max_length}"
-            got = _example(call(build_sft_example, tok, prompt, completion, max_length, name="build_sft_example"),
-                           label)
+        for (prompt, completion, max_length), got in zip(_sft_cases(thorough), observed, strict=True):
+            label = _label(completion, max_length)
+            got = _example(got, label)
             want = reference.build_sft_example(tok, prompt, completion, max_length)
             n_prompt = want["labels"].count(_IGNORE)
             answer = want["input_ids"][n_prompt:]
@@ -112,25 +130,59 @@ def _collate_inputs(tok):
     return examples
 
 
-def check_collate_sft(collate_sft, *, thorough: bool = False) -> None:
-    """Right padding; attention 0 and label -100 on padding; the end of turn (= pad id) kept in the labels."""
-    tok = _tokenizer()
+_BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _collate_orders(tok, thorough: bool) -> list[list[dict]]:
     examples = _collate_inputs(tok)
-    orders = [examples, examples[::-1]] + ([examples[:1]] if thorough else [])
+    return [examples, examples[::-1]] + ([examples[:1]] if thorough else [])
+
+
+def _describe_tensor(value) -> str:
+    return f"{type(value).__name__} {getattr(value, 'dtype', '')} {tuple(getattr(value, 'shape', ()))}"
+
+
+def _tensor(value):
+    """A tensor as data (a copy, without its graph), or None for anything else."""
+    return value.detach().clone() if type(value) in (torch.Tensor, nn.Parameter) else None
+
+
+def probe_collate_sft(collate_sft, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their batch for each order of the examples, and whether those survived."""
+    tok = _tokenizer()
     with quiet():
-        for batch_examples in orders:
+        observed = []
+        for batch_examples in _collate_orders(tok, thorough):
             snapshot = [{k: list(v) for k, v in e.items()} for e in batch_examples]
             got = call(collate_sft, batch_examples, tok.pad_token_id, name="collate_sft")
-            expect([{k: list(v) for k, v in e.items()} for e in batch_examples] == snapshot,
+            is_dict = isinstance(got, dict)
+            observed.append({
+                "modified": [{k: list(v) for k, v in e.items()} for e in batch_examples] != snapshot,
+                "keys": sorted(map(str, got)) if is_dict else None, "type": type(got).__name__,
+                "tensors": {k: _tensor(got[k]) for k in _BATCH_KEYS if is_dict and k in got},
+                "found": {k: _describe_tensor(got[k]) for k in _BATCH_KEYS if is_dict and k in got}})
+        return observed
+
+
+def check_collate_sft(collate_sft, *, thorough: bool = False) -> None:
+    """Right padding; attention 0 and label -100 on padding; the end of turn (= pad id) kept in the labels."""
+    observed = observe(probe_collate_sft, collate_sft, thorough=thorough)
+    tok = _tokenizer()
+    with quiet():
+        for batch_examples, seen in zip(_collate_orders(tok, thorough), observed, strict=True):
+            expect(seen["modified"] is False,
                    "collate_sft should not change the examples it is given.", "unchanged", "modified")
             want = reference.collate_sft(batch_examples, tok.pad_token_id)
-            expect(isinstance(got, dict) and set(want) <= set(got), "collate_sft should return a dict of tensors.",
-                   sorted(want), sorted(map(str, got)) if isinstance(got, dict) else type(got).__name__)
-            for key in ("input_ids", "attention_mask", "labels"):
-                value = got[key]
-                expect(isinstance(value, torch.Tensor) and value.dtype == torch.long and value.shape == want[key].shape,
+            expect(seen["keys"] is not None and set(want) <= set(seen["tensors"]),
+                   "collate_sft should return a dict of tensors.",
+                   sorted(want), seen["keys"] if seen["keys"] is not None else seen["type"])
+            got = {}
+            for key in _BATCH_KEYS:
+                value = seen["tensors"][key]
+                expect(type(value) is torch.Tensor and value.dtype == torch.long and value.shape == want[key].shape,
                        f"{key} should be a (B, T) tensor of int64.", f"shape {tuple(want[key].shape)}, int64",
-                       f"{type(value).__name__} {getattr(value, 'dtype', '')} {tuple(getattr(value, 'shape', ()))}")
+                       seen["found"][key])
+                got[key] = value
             if not torch.equal(got["input_ids"], want["input_ids"]):
                 left = torch.equal(got["input_ids"][0, -len(batch_examples[0]["input_ids"]):],
                                    torch.tensor(batch_examples[0]["input_ids"]))
@@ -150,24 +202,52 @@ def check_collate_sft(collate_sft, *, thorough: bool = False) -> None:
                     "Pad labels with -100 so that padding is not in the loss.")
 
 
-def check_causal_lm_loss(causal_lm_loss, *, thorough: bool = False) -> None:
-    """Shift once (position t predicts token t+1), skip -100, mean over the labelled tokens."""
-    cases = [(0, 2, 6, 11), (1, 3, 5, 7)] + ([(2, 1, 9, 13)] if thorough else [])
+def _loss_cases(thorough: bool) -> list[tuple[int, int, int, int]]:
+    # seed, batch, length, vocabulary
+    return [(0, 2, 6, 11), (1, 3, 5, 7)] + ([(2, 1, 9, 13)] if thorough else [])
+
+
+def _loss_inputs(seed: int, batch: int, length: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, length, vocab, generator=g)
+    labels = torch.randint(0, vocab, (batch, length), generator=g)
+    labels[:, : length // 2] = _IGNORE  # a prompt
+    labels[0, -1] = _IGNORE  # padding
+    return logits, labels
+
+
+def probe_causal_lm_loss(causal_lm_loss, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their loss per case, whether the inputs survived, whether it has a gradient."""
     with quiet():
-        for seed, batch, length, vocab in cases:
-            g = torch.Generator().manual_seed(seed)
-            logits = torch.randn(batch, length, vocab, generator=g)
-            labels = torch.randint(0, vocab, (batch, length), generator=g)
-            labels[:, : length // 2] = _IGNORE  # a prompt
-            labels[0, -1] = _IGNORE  # padding
+        observed = []
+        for case in _loss_cases(thorough):
+            logits, labels = _loss_inputs(*case)
             logits_copy, labels_copy = logits.clone(), labels.clone()
             got = call(causal_lm_loss, logits, labels, name="causal_lm_loss")
-            expect(isinstance(got, torch.Tensor) and got.ndim == 0, "causal_lm_loss should return a 0-d tensor.",
-                   "torch.Tensor of shape ()", f"{type(got).__name__} {tuple(getattr(got, 'shape', ()))}")
-            expect(torch.equal(logits, logits_copy) and torch.equal(labels, labels_copy),
+            scalar = isinstance(got, torch.Tensor) and got.ndim == 0
+            seen = {"scalar": scalar, "found": f"{type(got).__name__} {tuple(getattr(got, 'shape', ()))}",
+                    "modified": not (torch.equal(logits, logits_copy) and torch.equal(labels, labels_copy)),
+                    "value": as_float(got, "the loss") if scalar else None}
+            logits, labels = _loss_inputs(*case)
+            logits.requires_grad_(True)
+            out = call(causal_lm_loss, logits, labels, name="causal_lm_loss")
+            seen["requires_grad"] = isinstance(out, torch.Tensor) and out.requires_grad is True
+            observed.append(seen)
+        return observed
+
+
+def check_causal_lm_loss(causal_lm_loss, *, thorough: bool = False) -> None:
+    """Shift once (position t predicts token t+1), skip -100, mean over the labelled tokens."""
+    observed = observe(probe_causal_lm_loss, causal_lm_loss, thorough=thorough)
+    with quiet():
+        for case, seen in zip(_loss_cases(thorough), observed, strict=True):
+            logits, labels = _loss_inputs(*case)
+            expect(seen["scalar"] is True, "causal_lm_loss should return a 0-d tensor.",
+                   "torch.Tensor of shape ()", seen["found"])
+            expect(seen["modified"] is False,
                    "causal_lm_loss should not change its inputs.", "unchanged", "modified")
             want = reference.causal_lm_loss(logits, labels)
-            value = as_float(got, "the loss")
+            value = as_float(seen["value"], "the loss")
             if abs(value - want.item()) > 1e-4:
                 flat = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=_IGNORE)
                 twice = nn.functional.cross_entropy(logits[:, :-2].flatten(0, 1), labels[:, 2:].flatten(),
@@ -179,9 +259,7 @@ def check_causal_lm_loss(causal_lm_loss, *, thorough: bool = False) -> None:
                         "Mean cross-entropy over the labelled positions only (ignore_index=-100).")
                 raise CheckFailure("The loss differs from the mean cross-entropy of the labelled next tokens.",
                                    round(want.item(), 5), round(value, 5), hint)
-            logits.requires_grad_(True)
-            out = call(causal_lm_loss, logits, labels, name="causal_lm_loss")
-            expect(isinstance(out, torch.Tensor) and out.requires_grad, "The loss should carry gradients to logits.",
+            expect(seen["requires_grad"] is True, "The loss should carry gradients to logits.",
                    "requires_grad=True", "no gradient", "Compute it with torch operations, no .item() or numpy.")
 
 
@@ -243,26 +321,44 @@ class _Spy(nn.Module):
             return getattr(super().__getattr__("inner"), name)
 
 
-def check_score_choices(score_choices, *, thorough: bool = False) -> None:
-    """Summed log-probabilities of each choice's tokens after the chat prompt; eval, no grad, mode restored."""
-    cases = [("Say it 3", ["ok", "no"]), ("Is this good?", ["yes", "no", "maybe so"])]
-    if thorough:
-        cases.append(("x", ["a"]))
+def _choice_cases(thorough: bool) -> list[tuple[str, list[str]]]:
+    return [("Say it 3", ["ok", "no"]), ("Is this good?", ["yes", "no", "maybe so"])] + (
+        [("x", ["a"])] if thorough else [])
+
+
+def probe_score_choices(score_choices, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their scores on the taught tiny Llama, with each forward's mode."""
     with quiet():
         model, tok = tiny_chat_model(taught=True)
-        for prompt, choices in cases:
+        observed = []
+        for prompt, choices in _choice_cases(thorough):
             spy = _Spy(model)
             spy.train()
             got = call(score_choices, spy, tok, prompt, list(choices), name="score_choices")
-            expect(isinstance(got, torch.Tensor) and tuple(got.shape) == (len(choices),),
+            scores = _tensor(got)
+            observed.append({"scores": scores.float() if scores is not None else None,
+                             "found": f"{type(got).__name__} {tuple(getattr(got, 'shape', ()))}",
+                             "training": spy.training is True, "calls": [[bool(t), bool(g)] for t, g in spy.calls]})
+        return observed
+
+
+def check_score_choices(score_choices, *, thorough: bool = False) -> None:
+    """Summed log-probabilities of each choice's tokens after the chat prompt; eval, no grad, mode restored."""
+    observed = observe(probe_score_choices, score_choices, thorough=thorough)
+    with quiet():
+        model, tok = tiny_chat_model(taught=True)
+        for (prompt, choices), seen in zip(_choice_cases(thorough), observed, strict=True):
+            got, calls = seen["scores"], seen["calls"]
+            expect(type(got) is torch.Tensor and tuple(got.shape) == (len(choices),),
                    "score_choices should return a tensor with one score per choice.", f"shape ({len(choices)},)",
-                   f"{type(got).__name__} {tuple(getattr(got, 'shape', ()))}")
-            expect(spy.training, "score_choices should put the model back in the mode it found it in.", "train",
-                   "eval", "Remember model.training at the start and call model.train(was_training) at the end.")
-            expect(bool(spy.calls) and all(not training for training, _ in spy.calls),
+                   seen["found"])
+            expect(seen["training"] is True, "score_choices should put the model back in the mode it found it in.",
+                   "train", "eval",
+                   "Remember model.training at the start and call model.train(was_training) at the end.")
+            expect(bool(calls) and all(not training for training, _ in calls),
                    "The model should run in eval mode (dropout off) while scoring.", "eval", "train",
                    "Call model.eval() before the forward pass.")
-            expect(all(not grad for _, grad in spy.calls), "Scoring should run without gradients.",
+            expect(all(not grad for _, grad in calls), "Scoring should run without gradients.",
                    "torch.no_grad()", "gradients enabled", "Wrap the forward passes in `with torch.no_grad():`.")
             want = reference.score_choices(model, tok, prompt, choices)
             got = got.detach().float()
@@ -277,22 +373,43 @@ def check_score_choices(score_choices, *, thorough: bool = False) -> None:
                                    [round(v, 4) for v in want.tolist()], [round(v, 4) for v in got.tolist()], hint)
 
 
-def check_greedy_generate(greedy_generate, *, thorough: bool = False) -> None:
-    """The greedy reply only, decoded without special tokens, stopping at the end of turn."""
+def _generate_runs(thorough: bool) -> list[tuple[bool, str, int]]:
+    # (the taught model?, prompt, max_new_tokens)
     prompts = ["Say it 7", "Say it 12"] + (["Say it now"] if thorough else [])
+    return [(True, p, 10) for p in prompts] + [(False, prompts[0], 6)]
+
+
+def probe_greedy_generate(greedy_generate, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their reply per prompt, the model's mode after, the tokens generated."""
     with quiet():
-        taught, tok = tiny_chat_model(taught=True)
-        untaught, _ = tiny_chat_model(taught=False)
-        for model, prompt, max_new in [(taught, p, 10) for p in prompts] + [(untaught, prompts[0], 6)]:
+        models = {True: tiny_chat_model(taught=True), False: tiny_chat_model(taught=False)}
+        observed = []
+        for taught, prompt, max_new in _generate_runs(thorough):
+            model, tok = models[taught]
             spy = _Spy(model)
             spy.train()
             got = call(greedy_generate, spy, tok, prompt, max_new, name="greedy_generate")
+            observed.append({"reply": str.__str__(got) if isinstance(got, str) else None, "type": type(got).__name__,
+                             "training": spy.training is True, "steps": int(spy.steps)})
+        return observed
+
+
+def check_greedy_generate(greedy_generate, *, thorough: bool = False) -> None:
+    """The greedy reply only, decoded without special tokens, stopping at the end of turn."""
+    observed = observe(probe_greedy_generate, greedy_generate, thorough=thorough)
+    with quiet():
+        models = {True: tiny_chat_model(taught=True), False: tiny_chat_model(taught=False)}
+        for (taught, prompt, max_new), seen in zip(_generate_runs(thorough), observed, strict=True):
+            model, tok = models[taught]
+            got = seen["reply"]
             want = reference.greedy_generate(model, tok, prompt, max_new)
-            expect(isinstance(got, str), "greedy_generate should return a str.", "str", type(got).__name__)
-            expect(spy.training, "greedy_generate should restore the model's mode.", "train", "eval")
+            expect(type(got) is str, "greedy_generate should return a str.", "str", seen["type"])
+            expect(seen["training"] is True, "greedy_generate should restore the model's mode.", "train", "eval")
             needed = min(max_new, len(tok(want, add_special_tokens=False)["input_ids"]) + 1)  # the reply, end of turn
-            expect(spy.steps <= needed + 1, f"Generation went on after the end of turn (prompt {prompt!r}).",
-                   f"at most {needed} new tokens", f"{spy.steps} steps",
+            steps = seen["steps"]
+            expect(type(steps) is int and steps <= needed + 1,
+                   f"Generation went on after the end of turn (prompt {prompt!r}).",
+                   f"at most {needed} new tokens", f"{steps} steps",
                    "Stop at the end-of-turn token: pass eos_token_id=tokenizer.eos_token_id to generate (the "
                    "model's default EOS may be another token); skip_special_tokens only hides the waste.")
             if got != want:

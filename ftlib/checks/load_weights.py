@@ -5,13 +5,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, allclose, as_float, as_int, call, expect, quiet,
-                                  same_state, state_snapshot)
+from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, allclose, array_equal, as_array, as_float, as_int,
+                                  call, expect, quiet, same_state, state_snapshot)
+from ftlib.checks._remote import observe
 from ftlib.weights import LoadReport
 from ftlib.weights import load_pretrained_weights as reference_load
 from ftlib.weights import top_k_classes as reference_top_k
 
-__all__ = ["check_load_pretrained_weights", "check_top_k_classes", "check_top_k_on_photos"]
+__all__ = ["check_load_pretrained_weights", "check_top_k_classes", "check_top_k_on_photos",
+           "probe_load_pretrained_weights", "probe_top_k_classes", "probe_top_k_on_photos"]
 
 
 def _net(seed: int, num_classes: int = 3) -> BNNet:
@@ -45,58 +47,98 @@ def _unpack(result):
     return _keys(result[0], "missing"), _keys(result[1], "unexpected")
 
 
-def check_load_pretrained_weights(load_pretrained_weights, *, thorough: bool = False) -> None:
-    """Copies matching tensors, reports missing/unexpected keys, refuses shape mismatches."""
+def _without_head(source: BNNet) -> dict:
+    state = {k: v.clone() for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    state["extra.weight"] = torch.zeros(2, 2)
+    return state
+
+
+def _text(err: BaseException) -> str:
+    try:
+        return str(err)
+    except Exception:  # a learner's exception whose __str__ fails
+        return f"<{type(err).__name__}>"
+
+
+def probe_load_pretrained_weights(load_pretrained_weights, *, thorough: bool = False) -> dict:
+    """Where the learner's code runs: the keys they report, the model's tensors after loading, what they raised."""
     with quiet():
         # 1. Same architecture: everything loads, buffers included.
         source, target = _net(1), _net(2)
         state = {k: v.clone() for k, v in source.state_dict().items()}
-        got = _unpack(call(load_pretrained_weights, target, state, name="load_pretrained_weights"))
+        same = _unpack(call(load_pretrained_weights, target, state, name="load_pretrained_weights"))
+        same_after = state_snapshot(target)
+
+        # 2. A checkpoint without the head and with an extra tensor.
+        target = _net(4)
+        state = _without_head(_net(3))
+        headless = _unpack(call(load_pretrained_weights, target, state, name="load_pretrained_weights"))
+        headless_keys_after, headless_after = sorted(state), state_snapshot(target)
+
+        # 3. A head of the wrong size: refuse, and load nothing.
+        source, target = _net(5, num_classes=10), _net(6, num_classes=3)
+        state = dict(source.state_dict())
+        raised = None
+        try:
+            load_pretrained_weights(target, state)
+        except NotImplementedError:
+            raised = {"kind": "not implemented"}
+        except ValueError as err:
+            raised = {"kind": "ValueError", "message": _text(err)}
+        except Exception as err:
+            raised = {"kind": "other", "found": f"{type(err).__name__}: {_text(err)}"}
+        return {"same": same, "same_after": same_after, "headless": headless,
+                "headless_keys_after": headless_keys_after, "headless_after": headless_after,
+                "mismatch_raised": raised, "mismatch_after": state_snapshot(target)}
+
+
+def check_load_pretrained_weights(load_pretrained_weights, *, thorough: bool = False) -> None:
+    """Copies matching tensors, reports missing/unexpected keys, refuses shape mismatches."""
+    observed = observe(probe_load_pretrained_weights, load_pretrained_weights, thorough=thorough)
+    with quiet():
+        # 1. Same architecture: everything loads, buffers included.
+        got = observed["same"]
         expect(got == ([], []), "Loading a checkpoint of the same architecture should leave nothing missing or unexpected.",
                ([], []), got)
-        diff = same_state(state_snapshot(source), state_snapshot(target))
+        diff = same_state(state_snapshot(_net(1)), observed["same_after"])
         expect(not diff, "The model's tensors do not equal the checkpoint's after loading.", "all equal",
                f"differ: {diff[:4]}", "Copy every tensor, buffers (BatchNorm running statistics) included.")
 
         # 2. A checkpoint without the head and with an extra tensor.
-        source, target = _net(3), _net(4)
-        target_before = state_snapshot(target)
-        state = {k: v.clone() for k, v in source.state_dict().items() if not k.startswith("fc.")}
-        state["extra.weight"] = torch.zeros(2, 2)
+        target_before = state_snapshot(_net(4))
+        state = _without_head(_net(3))
         keys_before = sorted(state)
-        got = _unpack(call(load_pretrained_weights, target, state, name="load_pretrained_weights"))
+        got = observed["headless"]
         want = _unpack(reference_load(_net(4), dict(state)))
         expect(got == want, "Wrong (missing, unexpected) for a checkpoint without the head and with one extra tensor.",
                want, got, "missing: the model's keys with no value in the checkpoint; unexpected: the reverse.")
-        expect(sorted(state) == keys_before, "load_pretrained_weights modified the state dict it was given.",
-               keys_before, sorted(state), "Do not pop or add keys on the caller's dict; build a new one if needed.")
-        after = state_snapshot(target)
+        expect(observed["headless_keys_after"] == keys_before,
+               "load_pretrained_weights modified the state dict it was given.",
+               keys_before, observed["headless_keys_after"],
+               "Do not pop or add keys on the caller's dict; build a new one if needed.")
+        after = observed["headless_after"]
         expect(not same_state({k: v for k, v in after.items() if k.startswith("fc.")},
                               {k: v for k, v in target_before.items() if k.startswith("fc.")}),
                "The head, absent from the checkpoint, should keep its own values.")
 
         # 3. A head of the wrong size: refuse, and load nothing.
-        source, target = _net(5, num_classes=10), _net(6, num_classes=3)
-        before = state_snapshot(target)
-        state = dict(source.state_dict())
-        try:
-            load_pretrained_weights(target, state)
-        except NotImplementedError:
-            raise CheckFailure("load_pretrained_weights is not implemented yet.",
-                               hint="Replace `raise NotImplementedError()` with your code.") from None
-        except ValueError as err:
-            message = str(err)
-            expect("fc.weight" in message, "The ValueError should name the mismatched tensor.",
-                   "a message containing 'fc.weight' and both shapes", message)
-        except Exception as err:
-            raise CheckFailure("A shape mismatch should raise ValueError before anything is loaded.", "ValueError",
-                               f"{type(err).__name__}: {err}",
-                               "Compare shapes of common keys first; load_state_dict(strict=False) still raises "
-                               "RuntimeError on sizes, and only after copying the matching tensors.") from None
-        else:
+        raised = observed["mismatch_raised"]
+        if raised is None:
             raise CheckFailure("A checkpoint with a 10-class head was loaded into a 3-class model without error.",
                                "ValueError naming fc.weight and both shapes", "no error")
-        changed = same_state(before, state_snapshot(target))
+        if raised["kind"] == "not implemented":
+            raise CheckFailure("load_pretrained_weights is not implemented yet.",
+                               hint="Replace `raise NotImplementedError()` with your code.")
+        if raised["kind"] == "ValueError":
+            message = raised["message"]
+            expect(type(message) is str and "fc.weight" in message, "The ValueError should name the mismatched tensor.",
+                   "a message containing 'fc.weight' and both shapes", message)
+        else:
+            raise CheckFailure("A shape mismatch should raise ValueError before anything is loaded.", "ValueError",
+                               raised["found"],
+                               "Compare shapes of common keys first; load_state_dict(strict=False) still raises "
+                               "RuntimeError on sizes, and only after copying the matching tensors.")
+        changed = same_state(state_snapshot(_net(6, num_classes=3)), observed["mismatch_after"])
         expect(not changed, "After refusing a shape mismatch, the model must be unchanged.", "no tensor changed",
                f"changed: {changed[:4]}", "Check every shape before copying anything.")
 
@@ -130,59 +172,100 @@ def _compare(got, want, label):
                [round(p, 5) for _, p in g], "Probabilities come from softmax over the class dimension.")
 
 
-def check_top_k_classes(top_k_classes, *, thorough: bool = False) -> None:
-    """Eval mode, no gradients, mode restored, model untouched, correct top-k."""
+def _top_k_images() -> torch.Tensor:
+    return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _top_k_modes(thorough: bool) -> tuple[bool, ...]:
+    return (True, False) if thorough else (True,)
+
+
+_CLASS_NAMES = [f"class{i}" for i in range(6)]
+
+
+def probe_top_k_classes(top_k_classes, *, thorough: bool = False) -> dict:
+    """Where the learner's code runs: their pairs, the mode of each forward call, the model and images after."""
     with quiet():
-        for start_training in ((True, False) if thorough else (True,)):
+        observed = {"by_mode": []}
+        for start_training in _top_k_modes(thorough):
             model = _net(7, num_classes=6)
             model.train(start_training)
             spy = ModeSpy(model).train(start_training)
-            before = state_snapshot(model)
-            images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-            images_before = images.clone()
+            images = _top_k_images()
             result = call(top_k_classes, spy, images, 3, name="top_k_classes")
-            got = _pairs(result, 4, 3, named=False)
-            expect(bool(spy.calls), "top_k_classes never called the model.")
-            expect(not any(training for training, _ in spy.calls),
+            observed["by_mode"].append({"pairs": _pairs(result, 4, 3, named=False),
+                                        "calls": [list(c) for c in spy.calls], "spy_training": spy.training,
+                                        "training": model.training, "state": state_snapshot(model),
+                                        "images": as_array(images, "the images")})
+        model = _net(8, num_classes=6)
+        result = call(top_k_classes, model, _top_k_images(), 2, class_names=list(_CLASS_NAMES), name="top_k_classes")
+        observed["named"] = _pairs(result, 4, 2, named=True)
+        return observed
+
+
+def check_top_k_classes(top_k_classes, *, thorough: bool = False) -> None:
+    """Eval mode, no gradients, mode restored, model untouched, correct top-k."""
+    observed = observe(probe_top_k_classes, top_k_classes, thorough=thorough)
+    with quiet():
+        images = _top_k_images()
+        for start_training, got in zip(_top_k_modes(thorough), observed["by_mode"], strict=True):
+            calls = got["calls"]
+            expect(bool(calls), "top_k_classes never called the model.")
+            expect(not any(training for training, _ in calls),
                    "The model ran in train mode: dropout was active and BatchNorm used batch statistics.",
                    "model.eval() before predicting", "train mode",
                    "Call model.eval() first (and restore the previous mode afterwards).")
-            expect(not any(grad for _, grad in spy.calls), "Gradients were being recorded during prediction.",
+            expect(not any(grad for _, grad in calls), "Gradients were being recorded during prediction.",
                    "torch.no_grad()", "grad enabled", "Wrap the forward pass in `with torch.no_grad():`.")
-            expect(spy.training == start_training and model.training == start_training,
+            expect(got["spy_training"] == start_training and got["training"] == start_training,
                    "top_k_classes did not restore the model's previous mode.",
-                   "train" if start_training else "eval", "train" if model.training else "eval",
+                   "train" if start_training else "eval", "train" if got["training"] else "eval",
                    "Remember was_training = model.training and call model.train(was_training) at the end.")
-            changed = same_state(before, state_snapshot(model))
+            changed = same_state(state_snapshot(_net(7, num_classes=6)), got["state"])
             expect(not changed, "Predicting changed the model's state.", "no change", f"changed: {changed[:4]}",
                    "In train mode BatchNorm updates its running statistics: predict in eval mode.")
-            expect(bool(torch.equal(images, images_before)), "top_k_classes modified the images.")
-            reference_model = _net(7, num_classes=6)
-            want = reference_top_k(reference_model, images_before, 3)
-            _compare(got, want, "k=3")
-        names = [f"class{i}" for i in range(6)]
-        model = _net(8, num_classes=6)
-        got = _pairs(call(top_k_classes, model, images_before, 2, class_names=names, name="top_k_classes"), 4, 2, True)
-        want = reference_top_k(_net(8, num_classes=6), images_before, 2, names)
-        _compare(got, want, "k=2 with class_names")
+            expect(array_equal(as_array(got["images"], "the images"), as_array(images, "the images")),
+                   "top_k_classes modified the images.")
+            want = reference_top_k(_net(7, num_classes=6), images, 3)
+            _compare(got["pairs"], want, "k=3")
+        want = reference_top_k(_net(8, num_classes=6), images, 2, list(_CLASS_NAMES))
+        _compare(observed["named"], want, "k=2 with class_names")
+
+
+def _photo_batch():
+    """EfficientNet-Lite0 in train mode, and the two sample photos, centre-cropped and prepared for it."""
+    from ftlib.data import prepare_images
+    from ftlib.models import MODELS, load_model
+    from ftlib.weights import sample_photos
+
+    model = load_model("efficientnet-lite0", num_classes=None)
+    model.train()
+    _names, photos = sample_photos()
+    side = min(photos.shape[1:3])
+    top, left = (photos.shape[1] - side) // 2, (photos.shape[2] - side) // 2
+    spec = MODELS["efficientnet-lite0"]
+    return model, prepare_images(photos[:, top:top + side, left:left + side], 224, spec.mean, spec.std)
+
+
+def probe_top_k_on_photos(top_k_classes, *, thorough: bool = False) -> list[list[tuple]]:
+    """Where the learner's code runs: their top 5 of EfficientNet-Lite0 on the sample photos (no thorough variant)."""
+    from ftlib.weights import imagenet_class_names
+
+    with quiet():
+        model, batch = _photo_batch()
+        result = call(top_k_classes, model, batch, 5, class_names=imagenet_class_names(), name="top_k_classes")
+        return _pairs(result, 2, 5, named=True)
 
 
 def check_top_k_on_photos(top_k_classes) -> None:
     """On the real sample photos, EfficientNet-Lite0 sees a palace and a daisy."""
-    from ftlib.data import prepare_images
-    from ftlib.models import MODELS, load_model
-    from ftlib.weights import imagenet_class_names, sample_photos
+    from ftlib.weights import sample_photos
 
+    got = observe(probe_top_k_on_photos, top_k_classes)
     with quiet():
-        model = load_model("efficientnet-lite0", num_classes=None)
-        model.train()
-        names, photos = sample_photos()
-        side = min(photos.shape[1:3])
-        top, left = (photos.shape[1] - side) // 2, (photos.shape[2] - side) // 2
-        spec = MODELS["efficientnet-lite0"]
-        batch = prepare_images(photos[:, top:top + side, left:left + side], 224, spec.mean, spec.std)
-        result = call(top_k_classes, model, batch, 5, class_names=imagenet_class_names(), name="top_k_classes")
-        got = _pairs(result, 2, 5, named=True)
+        names, _photos = sample_photos()
+        expect(type(got) is list and len(got) == len(names), "top_k_classes should return one list per image.",
+               f"a list of {len(names)} lists", type(got).__name__)
         firsts = {name: row[0][0] for name, row in zip(names, got)}
         expect(firsts == {"china": "palace", "flower": "daisy"},
                "On the sample photos the pretrained EfficientNet-Lite0 should see a palace and a daisy.",

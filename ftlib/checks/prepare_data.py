@@ -6,10 +6,12 @@ import torch
 
 from ftlib.checks._common import (CheckFailure, allclose, array_equal, as_array, as_tuple, call, expect,
                                   quiet)
+from ftlib.checks._remote import observe
 from ftlib.data import collate_text as reference_collate_text
 from ftlib.data import prepare_images as reference_prepare_images
 
-__all__ = ["check_stratified_split", "check_prepare_images", "check_collate_text"]
+__all__ = ["check_stratified_split", "check_prepare_images", "check_collate_text", "probe_stratified_split",
+           "probe_prepare_images", "probe_collate_text"]
 
 # Imported once by `ftlib check` before its grade cells fork (see grading._runner).
 PRELOAD = ("transformers.models.bert.tokenization_bert",)
@@ -17,10 +19,7 @@ PRELOAD = ("transformers.models.bert.tokenization_bert",)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _split(fn, labels, val, test, seed, groups=None):
-    kwargs = {} if groups is None else {"groups": list(groups)}
-    out = as_tuple(call(fn, list(labels), val, test, seed, name="stratified_split", **kwargs), 3,
-                   "stratified_split")
+def _parts(out) -> list[np.ndarray]:
     parts = []
     for name, idx in zip(("train", "val", "test"), out):
         arr = as_array(idx, f"the {name} indices")
@@ -29,6 +28,18 @@ def _split(fn, labels, val, test, seed, groups=None):
                "Return index arrays such as np.flatnonzero(mask), not masks or labels.")
         parts.append(arr.astype(np.int64))
     return parts
+
+
+def _split(fn, labels, val, test, seed, groups=None):
+    kwargs = {} if groups is None else {"groups": list(groups)}
+    out = as_tuple(call(fn, list(labels), val, test, seed, name="stratified_split", **kwargs), 3,
+                   "stratified_split")
+    return _parts(out)
+
+
+def _received(parts) -> list[np.ndarray]:
+    """The three index arrays a probe sent, checked again here: 1-D integer arrays."""
+    return _parts(as_tuple(parts, 3, "stratified_split"))
 
 
 def _check_partition(parts, n, label):
@@ -56,40 +67,73 @@ def _check_stratified(parts, labels, fractions, label):
                    "Shuffle and cut each class separately, so every split keeps the class proportions.")
 
 
-def check_stratified_split(stratified_split, *, thorough: bool = False) -> None:
-    """Partition, stratification, seeding and groups of ``stratified_split``."""
+def _split_labels() -> list[int]:
     rng = np.random.default_rng(123)
-    labels = rng.permutation(np.repeat([0, 1, 2], [600, 300, 100])).tolist()
+    return rng.permutation(np.repeat([0, 1, 2], [600, 300, 100])).tolist()
+
+
+def _grouped_split_inputs() -> tuple[np.ndarray, np.ndarray]:
+    # Groups: reviews of one movie must stay in one split.
+    g_rng = np.random.default_rng(7)
+    group_labels = g_rng.integers(0, 2, size=120)
+    sizes = g_rng.integers(1, 6, size=120)
+    labels_g = np.repeat(group_labels, sizes)
+    groups = np.repeat([f"movie{i}" for i in range(120)], sizes)
+    order = g_rng.permutation(len(labels_g))
+    return labels_g[order], groups[order]
+
+
+def _split_seeds(thorough: bool) -> tuple[int, ...]:
+    return (0, 1, 2) if thorough else (0, 1)
+
+
+def probe_stratified_split(stratified_split, *, thorough: bool = False) -> dict:
+    """Where the learner's code runs: their splits (as index arrays) and whether the labels were kept."""
+    labels = _split_labels()
     original = list(labels)
     with quiet():
-        seeds = (0, 1, 2) if thorough else (0, 1)
-        for seed in seeds:
-            parts = _split(stratified_split, labels, 0.1, 0.2, seed)
-            expect(labels == original, "stratified_split modified the labels it was given.",
+        by_seed = []
+        for seed in _split_seeds(thorough):
+            # The learner's function gets the very list whose contents are compared afterwards.
+            out = as_tuple(call(stratified_split, labels, 0.1, 0.2, seed, name="stratified_split"), 3,
+                           "stratified_split")
+            by_seed.append({"parts": _parts(out), "labels_kept": labels == original})
+            labels[:] = original  # the next calls get the labels as they were
+        again = _split(stratified_split, original, 0.1, 0.2, 0)
+        first = _split(stratified_split, original, 0.1, 0.2, 0)
+        other = _split(stratified_split, original, 0.1, 0.2, 1)
+        quarters = _split(stratified_split, original, 0.25, 0.25, 5)
+        labels_g, groups = _grouped_split_inputs()
+        grouped = _split(stratified_split, labels_g.tolist(), 0.2, 0.2, 0, groups=groups)
+        return {"by_seed": by_seed, "again": again, "first": first, "other": other, "quarters": quarters,
+                "grouped": grouped}
+
+
+def check_stratified_split(stratified_split, *, thorough: bool = False) -> None:
+    """Partition, stratification, seeding and groups of ``stratified_split``."""
+    observed = observe(probe_stratified_split, stratified_split, thorough=thorough)
+    labels = _split_labels()
+    with quiet():
+        for seed, got in zip(_split_seeds(thorough), observed["by_seed"], strict=True):
+            parts = _received(got["parts"])
+            expect(got["labels_kept"], "stratified_split modified the labels it was given.",
                    hint="Work on a copy (np.asarray(labels) then index) instead of shuffling in place.")
             _check_partition(parts, len(labels), f"seed {seed}")
             _check_stratified(parts, labels, (0.1, 0.2), f"seed {seed}, fractions 0.1 / 0.2")
-        again = _split(stratified_split, labels, 0.1, 0.2, 0)
-        first = _split(stratified_split, labels, 0.1, 0.2, 0)
+        again, first = _received(observed["again"]), _received(observed["first"])
         expect(all(array_equal(np.sort(a), np.sort(b)) for a, b in zip(again, first)),
                "Two calls with the same seed gave different splits.",
                hint="Draw all randomness from np.random.default_rng(seed), not the global generator.")
-        other = _split(stratified_split, labels, 0.1, 0.2, 1)
+        other = _received(observed["other"])
         expect(not array_equal(np.sort(other[2]), np.sort(first[2])),
                "Seeds 0 and 1 gave the same test split.", hint="Use the seed to shuffle.")
-        parts = _split(stratified_split, labels, 0.25, 0.25, 5)
+        parts = _received(observed["quarters"])
         _check_partition(parts, len(labels), "fractions 0.25 / 0.25")
         _check_stratified(parts, labels, (0.25, 0.25), "fractions 0.25 / 0.25")
 
         # Groups: reviews of one movie must stay in one split.
-        g_rng = np.random.default_rng(7)
-        group_labels = g_rng.integers(0, 2, size=120)
-        sizes = g_rng.integers(1, 6, size=120)
-        labels_g = np.repeat(group_labels, sizes)
-        groups = np.repeat([f"movie{i}" for i in range(120)], sizes)
-        order = g_rng.permutation(len(labels_g))
-        labels_g, groups = labels_g[order], groups[order]
-        parts = _split(stratified_split, labels_g.tolist(), 0.2, 0.2, 0, groups=groups)
+        labels_g, groups = _grouped_split_inputs()
+        parts = _received(observed["grouped"])
         _check_partition(parts, len(labels_g), "with groups")
         where = {}
         for k, idx in enumerate(parts):
@@ -119,23 +163,33 @@ def _image_cases(thorough: bool):
                rng.integers(0, 256, size=(1, 64, 64), dtype=np.uint8), 32, (0.1, 0.2, 0.3), (0.9, 0.8, 0.7))
 
 
-def check_prepare_images(prepare_images, *, thorough: bool = False) -> None:
-    """Shape, dtype, scaling, channels, resizing and normalization of ``prepare_images``."""
+def probe_prepare_images(prepare_images, *, thorough: bool = False) -> list[dict]:
+    """Where the learner's code runs: their output (as an array, with its dtype) and whether the input changed."""
     with quiet():
+        observed = []
         for label, images, size, mean, std in _image_cases(thorough):
             before = images.clone() if isinstance(images, torch.Tensor) else images.copy()
             got = call(prepare_images, images, size, mean, std, name="prepare_images")
             expect(isinstance(got, torch.Tensor), f"prepare_images should return a torch.Tensor ({label}).",
                    "torch.Tensor", type(got).__name__)
-            want = reference_prepare_images(before, size, mean, std)
-            got_np = as_array(got, "prepare_images' result")
-            still = as_array(images, "the input")
-            expect(array_equal(still, as_array(before, "the input")), f"prepare_images modified its input ({label}).",
+            observed.append({"values": as_array(got, "prepare_images' result"), "dtype": str(got.dtype),
+                             "input_kept": array_equal(as_array(images, "the input"), as_array(before, "the input"))})
+        return observed
+
+
+def check_prepare_images(prepare_images, *, thorough: bool = False) -> None:
+    """Shape, dtype, scaling, channels, resizing and normalization of ``prepare_images``."""
+    observed = observe(probe_prepare_images, prepare_images, thorough=thorough)
+    with quiet():
+        for (label, images, size, mean, std), got in zip(_image_cases(thorough), observed, strict=True):
+            want = reference_prepare_images(images, size, mean, std)
+            got_np = as_array(got["values"], "prepare_images' result")
+            expect(got["input_kept"], f"prepare_images modified its input ({label}).",
                    hint="Build a new tensor (x = torch.as_tensor(...).float()) instead of editing in place.")
             expect(tuple(got_np.shape) == tuple(want.shape), f"Wrong output shape for {label}.",
                    tuple(want.shape), tuple(got_np.shape),
                    "Output is (N, 3, size, size): grey images repeat to 3 channels, channels-last moves first.")
-            expect(got.dtype == torch.float32, f"Wrong dtype for {label}.", "torch.float32", got.dtype)
+            expect(got["dtype"] == str(torch.float32), f"Wrong dtype for {label}.", "torch.float32", got["dtype"])
             want_np = want.numpy()
             if not allclose(got_np, want_np, rtol=1e-4, atol=1e-4):
                 diff = float(np.abs(got_np - want_np).max())
@@ -156,26 +210,56 @@ _TEXTS = [
 ]
 
 
-def check_collate_text(collate_text, *, thorough: bool = False, tokenizer=None) -> None:
-    """Keys, dynamic padding, truncation and labels of ``collate_text``."""
+def _text_batches(thorough: bool) -> list[tuple[list, int]]:
+    batches = [(list(_TEXTS), 64), (list(_TEXTS), 12), ([_TEXTS[1], _TEXTS[3]], 64)]
+    return batches + ([([_TEXTS[2]], 8)] if thorough else [])
+
+
+def probe_collate_text(collate_text, *, thorough: bool = False, tokenizer=None) -> list[dict]:
+    """Where the learner's code runs: their batch's keys and tensors (as arrays), and whether the batch was kept.
+
+    ``tokenizer`` (an object, so only where the learner's function is called in this
+    process) replaces MiniLM's.
+    """
     from ftlib.models import load_tokenizer
 
     with quiet():
         tokenizer = tokenizer or load_tokenizer("minilm-l6")
-        batches = [(_TEXTS, 64), (_TEXTS, 12), ([_TEXTS[1], _TEXTS[3]], 64)]
-        if thorough:
-            batches.append(([_TEXTS[2]], 8))
-        for batch, max_length in batches:
+        observed = []
+        for batch, max_length in _text_batches(thorough):
             before = list(batch)
-            got = call(collate_text, list(batch), tokenizer, max_length, name="collate_text")
-            want = reference_collate_text(batch, tokenizer, max_length)
-            label = f"{len(batch)} texts, max_length={max_length}"
+            got = call(collate_text, batch, tokenizer, max_length, name="collate_text")
             expect(isinstance(got, dict), "collate_text should return a dict.", "dict", type(got).__name__,
                    "Return dict(encoded) plus a 'labels' entry.")
             missing = [k for k in ("input_ids", "attention_mask", "labels") if k not in got]
+            seen = {"missing": missing, "keys": sorted(map(str, got)), "batch_kept": batch == before}
+            if not missing:
+                labels = got["labels"]
+                long_labels = isinstance(labels, torch.Tensor) and labels.dtype == torch.long
+                seen.update(input_ids=as_array(got["input_ids"], "input_ids"),
+                            attention_mask=as_array(got["attention_mask"], "attention_mask"),
+                            long_labels=long_labels,
+                            labels_found=f"{type(labels).__name__} {getattr(labels, 'dtype', '')}",
+                            labels=as_array(labels, "labels") if long_labels else None)
+            observed.append(seen)
+        return observed
+
+
+def check_collate_text(collate_text, *, thorough: bool = False, tokenizer=None) -> None:
+    """Keys, dynamic padding, truncation and labels of ``collate_text``."""
+    from ftlib.models import load_tokenizer
+
+    mine = {} if tokenizer is None else {"tokenizer": tokenizer}
+    observed = observe(probe_collate_text, collate_text, thorough=thorough, **mine)
+    with quiet():
+        tokenizer = tokenizer or load_tokenizer("minilm-l6")
+        for (batch, max_length), got in zip(_text_batches(thorough), observed, strict=True):
+            want = reference_collate_text(batch, tokenizer, max_length)
+            label = f"{len(batch)} texts, max_length={max_length}"
+            missing = got["missing"]
             expect(not missing, f"collate_text's dict lacks {missing}.", "input_ids, attention_mask, labels",
-                   sorted(map(str, got)))
-            expect(list(batch) == before, "collate_text modified the batch it was given.")
+                   got["keys"])
+            expect(got["batch_kept"], "collate_text modified the batch it was given.")
             ids = as_array(got["input_ids"], "input_ids")
             width = want["input_ids"].shape[1]
             expect(ids.ndim == 2 and ids.shape[0] == len(batch), f"input_ids should be (batch, length) ({label}).",
@@ -189,8 +273,9 @@ def check_collate_text(collate_text, *, thorough: bool = False, tokenizer=None) 
                    hint="Tokenize the texts in their order with the tokenizer given.")
             expect(array_equal(as_array(got["attention_mask"], "attention_mask"), want["attention_mask"].numpy()),
                    f"attention_mask is wrong ({label}).", hint="1 for real tokens, 0 for padding: the tokenizer makes it.")
-            expect(isinstance(got["labels"], torch.Tensor) and got["labels"].dtype == torch.long,
+            expect(got["long_labels"],
                    "labels should be a torch.long tensor (CrossEntropyLoss needs class ids).",
-                   "torch.long tensor", f"{type(got['labels']).__name__} {getattr(got['labels'], 'dtype', '')}")
-            expect(array_equal(as_array(got["labels"], "labels"), want["labels"].numpy()),
-                   f"labels are wrong ({label}).", want["labels"].tolist(), as_array(got["labels"], "labels").tolist())
+                   "torch.long tensor", got["labels_found"])
+            labels = as_array(got["labels"], "labels")
+            expect(array_equal(labels, want["labels"].numpy()),
+                   f"labels are wrong ({label}).", want["labels"].tolist(), labels.tolist())

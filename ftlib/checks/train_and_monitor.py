@@ -115,6 +115,11 @@ def check_train_one_epoch(train_one_epoch, *, thorough: bool = False) -> None:
                    "Fraction of examples whose argmax logit equals the label.")
 
 
+def _evaluate_modes(thorough: bool) -> tuple[bool, ...]:
+    # the mode the model is in when evaluate is called: it must be restored
+    return (True, False) if thorough else (True,)
+
+
 def _evaluate_inputs():
     model = _setup(3, frozen=False, p=0.5)
     return model, tiny_image_loader(n=30, batch_size=8, seed=4)
@@ -124,13 +129,12 @@ def probe_evaluate(evaluate, *, thorough: bool = False) -> list[dict]:
     """Where the learner's code runs: their evaluate on a model that records each forward call."""
     with quiet():
         observed = []
-        for start_training in ((True, False) if thorough else (True,)):
+        for start_training in _evaluate_modes(thorough):
             model, loader = _evaluate_inputs()
             spy = ModeSpy(model).train(start_training)
             before = state_snapshot(model)
             result = call(evaluate, spy, loader, nn.CrossEntropyLoss(), name="evaluate")
-            observed.append({"start_training": start_training,
-                             "loss": _metric(result, "loss", "evaluate"),
+            observed.append({"loss": _metric(result, "loss", "evaluate"),
                              "accuracy": _metric(result, "accuracy", "evaluate"),
                              "calls": [list(c) for c in spy.calls], "training": spy.training,
                              "changed": same_state(before, state_snapshot(model)),
@@ -142,8 +146,8 @@ def check_evaluate(evaluate, *, thorough: bool = False) -> None:
     """Eval mode, no gradients, mode restored, model untouched, example-averaged loss."""
     observed = observe(probe_evaluate, evaluate, thorough=thorough)
     with quiet():
-        for got in observed:
-            start_training, calls = got["start_training"], got["calls"]
+        for start_training, got in zip(_evaluate_modes(thorough), observed, strict=True):
+            calls = got["calls"]
             expect(bool(calls), "evaluate never called the model.")
             expect(not any(t for t, _ in calls), "The model was evaluated in train mode.", "eval mode",
                    "train mode (dropout active, BatchNorm on batch statistics)",

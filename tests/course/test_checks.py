@@ -130,3 +130,32 @@ def test_checks_write_nothing_to_stderr(capfd):
 
     check_collate_text(collate_text)
     assert capfd.readouterr().err == ""
+
+
+class _ForgingKernel(LoopbackChannel):
+    """A hostile kernel: whatever the judge asks of the learner's code, it answers ``reply``."""
+
+    def __init__(self, reply):
+        super().__init__({"answer": _stub})
+        self.reply = reply
+
+    def call(self, ref, args, kwargs):
+        return self.reply
+
+    def probe(self, probe, ref, kwargs):
+        return self.reply
+
+
+FORGED = [None, 0, 1.0, True, "", [], {}, [{}], [[]], {"loss": 0.0}]
+
+
+@pytest.mark.parametrize("reply", FORGED, ids=[repr(r) for r in FORGED])
+@pytest.mark.parametrize("module,exercise", CASES)
+def test_a_forged_answer_never_passes(module, exercise, reply):
+    """A kernel that sends made-up data instead of running the answer gets no points: the judge
+    fails closed (an empty list must not mean "no case failed")."""
+    forged = _ForgingKernel(reply).resolve("answer")
+    with pytest.raises(Exception) as info:
+        get_check(module, exercise)(forged)
+    judged_in = [entry.path for entry in info.traceback]
+    assert any("ftlib/checks" in str(p) for p in judged_in), info.getrepr()

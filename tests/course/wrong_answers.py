@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftlib import data as ref_data
-from ftlib import evaluate as ref_eval
+import ftlib.evaluate as ref_eval
 from ftlib import freezing as ref_freezing
 from ftlib import optim as ref_optim
 from ftlib import train as ref_train
