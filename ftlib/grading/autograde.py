@@ -30,9 +30,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
+import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from typing import Any
@@ -43,6 +47,7 @@ if "jsonschema" not in sys.modules:
     sys.modules.setdefault("rfc3987_syntax", None)  # None: "import" raises ImportError, which jsonschema skips
 
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient.exceptions import DeadKernelError
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbformat.notebooknode import NotebookNode
@@ -60,7 +65,6 @@ __all__ = ["NO_NOTEBOOK", "autograde_submission", "prewarm", "GradingExecute", "
 NO_NOTEBOOK = "nbgrader produced no autograded notebook"
 # What the kernel-side hooks observed, per notebook file name: filled while nbgrader runs.
 _events: dict[str, dict[str, Any]] = {}
-_GUARD_EXPR = "__import__('ftlib.grading.guard', fromlist=['restore_report']).restore_report()"
 
 
 def _notebook_events(resources: dict) -> dict[str, Any]:
@@ -78,22 +82,46 @@ def _without_debugger(cmd: list[str]) -> list[str]:
 
 
 class SandboxKernelManager(AsyncKernelManager):
-    """A kernel manager that launches the kernel inside `sandbox.wrap` when enabled."""
+    """A kernel manager that launches the kernel inside `sandbox.wrap` when enabled.
+
+    Every kernel starts in a new working folder (and a new runtime folder for its
+    sockets) made from the files the assignment releases (``sandbox_files``, a list of
+    ``[relative path, trusted copy]``): nothing a previous kernel of the submission
+    left behind (a link aimed at a grader's file) is ever copied into or through. The
+    kernel inherits no open file of the grader: its stdin, stdout and stderr are
+    ``/dev/null`` (it reports through its sockets only).
+    """
 
     sandbox_hide = List(Unicode()).tag(config=True)
-    sandbox_home = Unicode("").tag(config=True)  # shown at the kernel's cwd instead of the notebook folder
+    sandbox_scratch = Unicode("").tag(config=True)  # a private folder of the worker's for kernels' folders
+    sandbox_files = List(List(Unicode())).tag(config=True)  # [name inside, trusted source] per file
     sandbox_enabled = Unicode("").tag(config=True)  # "1" to wrap
+    sandbox_tmp_bytes = Integer(0).tag(config=True)  # the size of the kernel's /tmp and working folder
 
     def __init__(self, **kwargs):
         # The sandbox shares no network with us, but Unix sockets work; their path must be
         # absolute, as the kernel runs in another working directory.
         from jupyter_core.paths import jupyter_runtime_dir
 
-        name = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4().hex[:12]}")
+        runtime = tempfile.mkdtemp(prefix="k", dir=jupyter_runtime_dir())
+        name = os.path.join(runtime, f"kernel-{uuid.uuid4().hex[:12]}")
         kwargs.setdefault("transport", "ipc")
         kwargs.setdefault("ip", name + "-ipc")
         kwargs.setdefault("connection_file", name + ".json")
         super().__init__(**kwargs)
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        kw.update(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    def _home(self) -> str:
+        """A new folder holding the released files, copied from the worker's trusted copies."""
+        home = tempfile.mkdtemp(prefix="home-", dir=self.sandbox_scratch or None)
+        for rel, src in self.sandbox_files:
+            dst = os.path.join(home, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            copy_regular_file(src, dst)
+        return home
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = _without_debugger(super().format_kernel_cmd(extra_arguments))
@@ -103,17 +131,7 @@ class SandboxKernelManager(AsyncKernelManager):
         # hit bwrap, and its death takes the kernel with it (--die-with-parent).
         self.kernel_spec.interrupt_mode = "message"
         cwd = (self._launch_args or {}).get("cwd") or os.getcwd()
-        home = self.sandbox_home
-        os.makedirs(home, exist_ok=True)
-        for name in os.listdir(cwd):  # support files (data, helper modules), not the notebooks
-            src = os.path.join(cwd, name)
-            if name.endswith(".ipynb") or os.path.islink(src):
-                continue
-            dst = os.path.join(home, name)
-            if os.path.isdir(src):
-                shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.ipynb"))
-            else:
-                shutil.copy2(src, dst)
+        home = self._home()
         runtime = os.path.dirname(os.path.realpath(self.connection_file))
         # In its own pid namespace the kernel's parent is pid 1, which ipykernel reads as "my
         # parent died" unless told that 1 is expected; --die-with-parent covers a dead worker.
@@ -122,46 +140,125 @@ class SandboxKernelManager(AsyncKernelManager):
         # The same working directory for every submission and machine, so that tracebacks in
         # feedback are the same wherever it was graded, and name no folder of the grader's.
         inside = sandbox.WORKDIR + "/" + os.path.basename(cwd)
-        return sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime, (home, inside)], cwd=inside,
-                            env=env, scratch=os.path.dirname(home))
+        return sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime], cwd=inside, env=env,
+                            scratch=home + ".etc", tmp_bytes=self.sandbox_tmp_bytes or None,
+                            workdir=(home, inside))
+
+
+def copy_regular_file(src: str, dst: str) -> None:
+    """Copy the regular file ``src`` to the new file ``dst``, following no link at either end."""
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd_in).st_mode):
+            raise OSError(f"{src} is not a regular file")
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd_out, "wb") as out, os.fdopen(fd_in, "rb", closefd=False) as inp:
+            shutil.copyfileobj(inp, out)
+    finally:
+        os.close(fd_in)
 
 
 class GradingExecute(Execute):
-    """nbgrader's Execute with a sandboxed kernel, bounded output and tamper repair."""
+    """nbgrader's Execute with a sandboxed kernel, grade cells judged outside it, bounded output.
+
+    Solution and other cells run in the learner's kernel as usual. A grade cell does not:
+    the `judge` runs it in this process, reaching the kernel's names only as data, so
+    what the learner's code did to its interpreter cannot change a grade, and hidden
+    tests never reach the kernel. A kernel that ignores an interrupt after a timeout is
+    stopped, and the cells after it are marked as not run, so the points already earned
+    are kept.
+    """
 
     max_output_bytes = Integer(1_000_000, help="Output kept per cell while it runs.").tag(config=True)
-    watched_modules = List(Unicode(), help="Modules restored before each grade cell.").tag(config=True)
+    exercises = List(Unicode(), help="Names whose ftlib reference a solution must not hand in.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
+        from ftlib.grading.judge import Judge, KernelChannel
+
         self._events = _notebook_events(resources or {})
         self._out_bytes: dict[int, int] = {}
         self._dead_at = None
-        install = f"__import__('ftlib.grading.guard', fromlist=['install']).install({list(self.watched_modules)!r})"
+        self._stopped_after_timeout = False
+        self._judge = Judge(KernelChannel(self._ask_kernel), cell_timeout=float(self.timeout or 30))
         # No history database: nothing reads it, and creating it costs each kernel start 0.05 s.
-        self.extra_arguments = [f"--IPKernelApp.exec_lines={install}", "--HistoryManager.enabled=False"]
-        return super().preprocess(nb, resources, km)
+        self.extra_arguments = ["--HistoryManager.enabled=False"]
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            self._events["origins"] = dict(self._judge.channel.origins)
+            self._events["used"] = sorted(self._judge.learner_names)
 
-    def _restore_checks(self) -> list[str]:
-        msg_id = self.kc.execute("", silent=False, store_history=False, user_expressions={"r": _GUARD_EXPR})
-        reply = self.wait_for_reply(msg_id)
-        expr = ((reply or {}).get("content", {}).get("user_expressions") or {}).get("r", {})
-        if expr.get("status") != "ok":
-            return [f"(guard unavailable: {expr.get('ename', 'no reply')})"]
-        text = expr.get("data", {}).get("text/plain", "''").strip("'\"")
-        return [t for t in text.split(",") if t]
+    def _ask_kernel(self, expr: str, timeout: float) -> str:
+        """Evaluate ``expr`` in the kernel as a user expression; its text/plain result."""
+        from queue import Empty
+
+        from ftlib.grading.judge import CellTimeout, KernelStopped
+
+        if self._dead_at is not None:
+            raise KernelStopped(f"not run: the kernel stopped in cell {self._dead_at}")
+        msg_id = self.kc.execute("", silent=False, store_history=False, user_expressions={"r": expr},
+                                 allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._stop_if_deaf()
+                raise CellTimeout()
+            try:
+                msg = run_sync(self.kc.shell_channel.get_msg)(timeout=min(1.0, remaining))
+            except Empty:
+                if not run_sync(self.kc.is_alive)():
+                    raise KernelStopped("the kernel died") from None
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                break
+        result = (msg.get("content", {}).get("user_expressions") or {}).get("r") or {}
+        if result.get("status") != "ok":
+            from ftlib.checks._remote import ProtocolError
+
+            raise ProtocolError("the kernel could not answer (its ftlib or IPython does not work)")
+        text = (result.get("data") or {}).get("text/plain", "")
+        return text if isinstance(text, str) else ""
+
+    def _stop_if_deaf(self) -> None:
+        """After a timeout: interrupt; a kernel still busy 5 s later is stopped for good."""
+        from queue import Empty
+
+        with contextlib.suppress(Exception):
+            run_sync(self.km.interrupt_kernel)()
+        msg_id = self.kc.execute("", silent=True, store_history=False)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                msg = run_sync(self.kc.shell_channel.get_msg)(timeout=1.0)
+            except Empty:
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return
+        with contextlib.suppress(Exception):
+            run_sync(self.km.shutdown_kernel)(now=True)
+        self._stopped_after_timeout = True
+        self._dead_at = self._current
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code":
             return cell, resources
+        self._current = index
         if self._dead_at is not None:
+            why = "it was stopped after a timeout" if self._stopped_after_timeout else "it died"
             cell.outputs = [NotebookNode(output_type="error", ename="KernelDied", traceback=[],
-                                         evalue=f"not run: the kernel died in cell {self._dead_at}")]
+                                         evalue=f"not run: the kernel stopped in cell {self._dead_at} ({why})")]
+            return cell, resources
+        if nbutils.is_grade(cell):
+            source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+            cell.outputs, error = self._judge.run(source, label=f"<grade cell {index}>")
+            cell.execution_count = None
+            if error == "CellTimeoutError":
+                self._events["timeouts"].append(index)
+            elif error == "MemoryError":  # the learner's function ran out of memory in the kernel
+                self._events["memory_errors"].append(f"{index} ({cell.metadata.nbgrader.get('grade_id')})")
             return cell, resources
         try:
-            if nbutils.is_grade(cell):
-                restored = self._restore_checks()
-                if restored:
-                    self._events["restored"][cell.metadata.nbgrader["grade_id"]] = restored
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self._dead_at = index
@@ -171,9 +268,13 @@ class GradingExecute(Execute):
                 evalue="the kernel died while running this cell (os._exit, a crash, or killed)")]
         if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
             self._events["timeouts"].append(index)
+            if self._dead_at is None:
+                self._stop_if_deaf()
         if any(o.get("ename") == "MemoryError" for o in cell.get("outputs", [])):
             gid = (cell.metadata.get("nbgrader") or {}).get("grade_id")
             self._events["memory_errors"].append(f"{index} ({gid})" if gid else str(index))
+        if _cap_outputs(cell, self.max_output_bytes) and index not in self._events["truncated"]:
+            self._events["truncated"].append(index)
         return cell, resources
 
     def output(self, outs, msg, display_id, cell_index):
@@ -188,6 +289,41 @@ class GradingExecute(Execute):
                                          text=f"\n... output truncated by ftlib grade after {self.max_output_bytes} bytes ...\n"))
             return None
         return super().output(outs, msg, display_id, cell_index)
+
+    def _update_display_id(self, display_id, msg):
+        content = msg.get("content", {})
+        if sum(len(str(v)) for v in (content.get("data") or {}).values()) > self.max_output_bytes:
+            content["data"] = {"text/plain": f"... display update dropped by ftlib grade: over {self.max_output_bytes} bytes ..."}
+        return super()._update_display_id(display_id, msg)
+
+
+def _cap_outputs(cell, limit: int) -> bool:
+    """Shorten a cell's stored outputs to about ``limit`` characters in all; True if it had to."""
+    total, cut = 0, False
+    for out in cell.get("outputs", []):
+        for key in ("text", "evalue"):
+            if isinstance(out.get(key), str):
+                room = max(0, limit - total)
+                if len(out[key]) > room:
+                    out[key], cut = out[key][:room] + "\n... truncated by ftlib grade ...", True
+                total += len(out[key])
+        if isinstance(out.get("traceback"), list):
+            joined = sum(len(str(t)) for t in out["traceback"])
+            if total + joined > limit:
+                out["traceback"], cut = [f"{out.get('ename', 'Error')}: (traceback truncated by ftlib grade)"], True
+            total += sum(len(str(t)) for t in out["traceback"])
+        data = out.get("data")
+        if isinstance(data, dict):
+            for mime in list(data):
+                size = len(str(data[mime]))
+                if total + size > limit:
+                    del data[mime]
+                    cut = True
+                else:
+                    total += size
+            if not data:
+                data["text/plain"] = "... output dropped by ftlib grade: too large ..."
+    return cut
 
 
 class LenientSaveAutoGrades(SaveAutoGrades):
@@ -204,44 +340,74 @@ class LenientSaveAutoGrades(SaveAutoGrades):
                 cell.outputs = outputs
 
 
-def _prepare_notebook(path: str) -> tuple[str, str]:
-    """Check that ``path`` is a readable notebook; repair duplicate cell ids in place."""
+_CELL_ID = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")  # nbformat 4.5's rule
+
+
+def _prepare_notebook(path: str, grade_ids: set[str]) -> tuple[str, str]:
+    """Check that ``path`` is a readable notebook and repair what a learner's tools break, in place.
+
+    Upgrades nbformat 3; replaces missing, duplicate or invalid cell ids; keeps the last
+    of duplicated grade cells (as nbgrader does); drops nbgrader metadata that names no
+    cell of the assignment (no ``grade_id``, or one the gradebook does not know, such
+    as a "bonus" cell the learner added), so that it is run as ordinary code.
+    """
     import nbformat
 
     try:
         nb = read_notebook(path)
-        parsed = nbformat.reads(json.dumps(nb), as_version=4)
     except NotebookError as e:
         return "invalid notebook", str(e).replace(os.path.dirname(path) + os.sep, "")
-    except Exception as e:  # nbformat's own complaints (bad nbformat version, schema)
-        return "invalid notebook", f"{os.path.basename(path)} is not a valid notebook: {e}"
     notes = []
-    # nbgrader's DeduplicateIds keeps the last cell of a grade_id and empties the others'
-    # metadata, which its own OverwriteCells(add_missing_cells=True) then trips over.
-    # Do the same choice here, but drop the metadata key entirely.
+    try:
+        major = nb.get("nbformat")
+        parsed = nbformat.reads(json.dumps(nb), as_version=4)
+        if major == 3:
+            notes.append("upgraded from nbformat 3")
+    except Exception as e:  # nbformat's own complaints (bad nbformat version, schema)
+        return "invalid notebook", f"{os.path.basename(path)} is not a valid notebook: {_one_line(e)}"
     seen_ids: set = set()
     for cell in reversed(parsed.cells):
-        gid = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
-        if gid and gid in seen_ids:
-            del cell.metadata["nbgrader"]
+        meta = cell.get("metadata", {})
+        nbg = meta.get("nbgrader")
+        gid = nbg.get("grade_id") if isinstance(nbg, dict) else None
+        if nbg is None:
+            continue
+        if not isinstance(gid, str) or not gid:
+            del meta["nbgrader"]
+            notes.append("nbgrader metadata without a grade_id ignored")
+        elif grade_ids and gid not in grade_ids:
+            del meta["nbgrader"]
+            notes.append(f"cell {gid!r} is not part of the assignment: run, not graded")
+        elif gid in seen_ids:
+            # nbgrader's DeduplicateIds keeps the last cell of a grade_id and empties the
+            # others' metadata, which its own OverwriteCells(add_missing_cells=True) then
+            # trips over. Make the same choice, but drop the key entirely.
+            del meta["nbgrader"]
             notes.append(f"duplicate cell {gid!r} ignored")
-        elif gid:
+        else:
             seen_ids.add(gid)
-    dups = duplicate_cell_ids(nb)
-    if dups or any("id" not in c for c in parsed.cells):
-        seen = set()
-        for cell in parsed.cells:
-            if cell.get("id") in seen or "id" not in cell:
-                cell["id"] = uuid.uuid4().hex[:8]
-            seen.add(cell["id"])
-        if dups:
-            notes.append(f"duplicate cell ids repaired: {', '.join(dups)}")
-    parsed.nbformat_minor = max(parsed.get("nbformat_minor", 5), 5)
+    ids: set = set()
+    repaired = []
+    for cell in parsed.cells:
+        cid = cell.get("id")
+        if not isinstance(cid, str) or cid in ids or not _CELL_ID.match(cid):
+            if cid is not None:
+                repaired.append(str(cid)[:40])
+            cell["id"] = uuid.uuid4().hex[:8]
+        ids.add(cell["id"])
+    if repaired:
+        notes.append(f"cell ids repaired: {', '.join(sorted(set(repaired))[:5])}")
+    parsed.nbformat, parsed.nbformat_minor = 4, max(parsed.get("nbformat_minor", 5), 5)
     nbformat.write(parsed, path)
     return "ok", "; ".join(notes)
 
 
-def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, str]]) -> dict[str, Any]:
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, str]],
+             flags: dict[str, list[str]]) -> dict[str, Any]:
     from nbgrader.api import Gradebook, MissingEntry
 
     assignment, student = spec["assignment"], spec["student"]
@@ -287,27 +453,31 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
                 msg = error_summary(cells[gc.name].get("outputs", [])) if gc.name in cells else ""
                 if msg.startswith("CellTimeoutError"):
                     msg = f"timed out after {spec['cell_timeout']} s"
-                restored = events.get("restored", {}).get(gc.name)
-                if restored:
-                    msg = (msg + "; " if msg else "") + "tampering undone: " + ", ".join(restored)
                 grades.append({"grade_id": gc.name, "score": score, "max_score": gc.max_score, "message": msg})
+            notes = [message] if message else []
             if nb is not None:
-                if events.get("died_in") is not None:
-                    status, message = "crashed", f"the kernel died in cell {events['died_in']}"
-                elif events.get("memory_errors"):
+                if events.get("memory_errors"):
                     status = "memory"
-                    message = f"MemoryError in cell(s) {', '.join(events['memory_errors'])}"
+                    notes = [f"MemoryError in cell(s) {', '.join(events['memory_errors'])}"] + notes
                 elif events.get("timeouts"):
                     status = "timeout"
-                    message = f"cell(s) {', '.join(map(str, events['timeouts']))} timed out after {spec['cell_timeout']} s"
-                for gid, restored in events.get("restored", {}).items():
-                    message = (message + "; " if message else "") + f"tampering undone before {gid}: " + \
-                        ", ".join(restored)
+                    notes = [f"cell(s) {', '.join(map(str, events['timeouts']))} timed out after "
+                             f"{spec['cell_timeout']} s"] + notes
+                elif events.get("died_in") is not None:
+                    status = "crashed"
+                    notes = [f"the kernel died in cell {events['died_in']}"] + notes
                 if events.get("truncated"):
-                    message = (message + "; " if message else "") + "output truncated in cell(s) " + \
-                        ", ".join(map(str, events["truncated"]))
-            result["notebooks"][name] = {"status": status, "message": message, "grades": grades,
-                                         "late_penalty": penalty, "comments": comments, "nb": nb}
+                    notes.append("output truncated in cell(s) " + ", ".join(map(str, sorted(set(events["truncated"])))))
+            nb_flags = list(flags.get(name, []))
+            for used in events.get("used", []):
+                origin = events.get("origins", {}).get(used, "")
+                if origin.split(".")[0] == "ftlib" and not origin.startswith("ftlib.checks"):
+                    nb_flags.append(f"{used} is ftlib's own {origin}.{used}")
+            if nb_flags:
+                notes.append("FLAGGED, uses ftlib's reference: " + "; ".join(sorted(set(nb_flags))))
+            result["notebooks"][name] = {"status": status, "message": "; ".join(notes), "grades": grades,
+                                         "late_penalty": penalty, "comments": comments, "nb": nb,
+                                         "flags": sorted(set(nb_flags))}
     return result
 
 
@@ -376,6 +546,63 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
         return _autograde(spec)
 
 
+_NOT_SUBMITTED = {"timestamp.txt"}  # written by nbgrader's exchange, not by the learner
+
+
+def _copy_tree(src: str, dst: str, skip=lambda rel: False) -> list[str]:
+    """Copy the regular files and folders under ``src`` to the new folder ``dst``; return their paths.
+
+    ``src`` may hold anything a learner made: no link is followed or copied, and a file is
+    opened with ``O_NOFOLLOW`` and copied only if it is a regular file.
+    """
+    copied = []
+    os.makedirs(dst, exist_ok=False)
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, src)
+        kept = []
+        for d in sorted(dirnames):
+            rel = os.path.normpath(os.path.join(rel_dir, d))
+            if not os.path.islink(os.path.join(dirpath, d)) and not skip(rel):
+                os.makedirs(os.path.join(dst, rel))
+                kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if skip(rel):
+                continue
+            try:
+                copy_regular_file(os.path.join(dirpath, name), os.path.join(dst, rel))
+            except OSError:  # a link, a fifo, a socket: not a file a notebook needs
+                continue
+            copied.append(rel)
+    return copied
+
+
+def _ignored(patterns: list[str]):
+    """nbgrader's rule (`utils.is_ignored`): a path is ignored when any part matches a pattern."""
+    import fnmatch
+
+    def skip(rel: str) -> bool:
+        return any(fnmatch.fnmatch(part, p) for part in rel.split(os.sep) for p in patterns)
+    return skip
+
+
+def _check_timestamp(sub_dir: str) -> str:
+    """Remove a ``timestamp.txt`` that nbgrader cannot read (it would abort the notebook); say so."""
+    path = os.path.join(sub_dir, "timestamp.txt")
+    if not os.path.lexists(path):
+        return ""
+    from nbgrader.utils import parse_utc
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            parse_utc(f.read(200).strip())
+        return ""
+    except Exception:
+        os.remove(path)
+        return "timestamp.txt is not a date: ignored (no late penalty applied)"
+
+
 def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
     from nbgrader.converters import Autograde
     from nbgrader.coursedir import CourseDirectory
@@ -390,41 +617,60 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
         assignment, student = spec["assignment"], spec["student"]
         os.makedirs(course)
         shutil.copy(spec["template_db"], os.path.join(course, "gradebook.db"))
+        ignore = list(spec.get("ignore") or [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"])
+        # The learner's files; the instructor's source, which the judge imports the course's
+        # checks module from (never from the submission); and what the release holds besides
+        # notebooks (nbgrader's generate_assignment: the source less the course's `ignore`).
         sub_dir = os.path.join(course, "submitted", student, assignment)
-        shutil.copytree(spec["submission_dir"], sub_dir, symlinks=True,
-                        ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
+        os.makedirs(os.path.dirname(sub_dir))
+        submitted = _copy_tree(spec["submission_dir"], sub_dir)
+        trusted = os.path.join(tmp, "trusted")
+        _copy_tree(spec["support_dir"], trusted, skip=_ignored(["*.ipynb", ".ipynb_checkpoints", "__pycache__"]))
         src_dir = os.path.join(course, "source", assignment)
-        os.makedirs(src_dir)
-        if spec.get("support_dir") and os.path.isdir(spec["support_dir"]):
-            shutil.copytree(spec["support_dir"], src_dir, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__"))
-        statuses = {}
+        os.makedirs(os.path.dirname(src_dir))
+        released = _copy_tree(spec["support_dir"], src_dir, skip=_ignored(ignore + ["*.ipynb"]))
+        # The kernel's folder: the released files, and the learner's own version only of those
+        # the course's `exclude_overwriting` lets learners change.
+        own = set(spec.get("exclude_overwriting") or [])
+        files = [[rel, os.path.join(sub_dir if rel in own and rel in submitted else src_dir, rel)] for rel in released]
+        files += [[rel, os.path.join(sub_dir, rel)] for rel in sorted(own & set(submitted) - set(released))]
+        expected = {f"{n}.ipynb" for n in spec["notebooks"]} | own | _NOT_SUBMITTED
+        listed = _ignored(ignore)
+        unexpected = sorted(rel for rel in submitted if rel not in expected and not listed(rel))
+        stamp_note = _check_timestamp(sub_dir)
+
+        statuses, flags = {}, {}
         present = sorted(n for n in os.listdir(sub_dir) if n.endswith(".ipynb"))
         for name in spec["notebooks"]:
             path = os.path.join(sub_dir, f"{name}.ipynb")
-            if not os.path.exists(path):
+            if not os.path.isfile(path):
                 others = [n for n in present if n[:-6] not in spec["notebooks"]]
                 hint = f"; found {', '.join(others)} instead (misnamed?)" if others else ""
                 statuses[name] = ("missing", f"{name}.ipynb was not submitted{hint}")
                 continue
-            status, message = _prepare_notebook(path)
+            known = spec.get("cells", {}).get(name, {})
+            status, message = _prepare_notebook(path, set(known.get("cell_ids", [])))
             statuses[name] = (status, message)
             if status != "ok":
                 os.remove(path)  # nbgrader then scores it as missing: zero
+                continue
+            flags[name] = _reference_flags(path, set(known.get("exercises", [])))
         c = Config()
         c.CourseDirectory.root = course
         c.CourseDirectory.source_directory = "source"
         c.CourseDirectory.assignment_id = assignment
         c.CourseDirectory.student_id = student
+        c.CourseDirectory.ignore = ignore
         c.Execute.timeout = int(spec["cell_timeout"])
         c.Execute.execute_retries = 0
         c.GradingExecute.shutdown_kernel = "immediate"  # the kernel's state is thrown away anyway
         c.GradingExecute.max_output_bytes = int(spec["max_output_bytes"])
-        c.GradingExecute.watched_modules = list(spec["watched_modules"])
         c.GradingExecute.kernel_manager_class = SandboxKernelManager
         c.SandboxKernelManager.sandbox_enabled = "1" if spec["sandbox"] else ""
         c.SandboxKernelManager.sandbox_hide = list(spec["hide"])
-        c.SandboxKernelManager.sandbox_home = os.path.join(tmp, "kernel_home")
+        c.SandboxKernelManager.sandbox_scratch = tmp
+        c.SandboxKernelManager.sandbox_files = files
+        c.SandboxKernelManager.sandbox_tmp_bytes = int(spec.get("tmp_bytes") or 0)
         c.OverwriteCells.add_missing_cells = True
         c.Autograde.autograde_preprocessors = [GradingExecute, IgnorePattern, ClearMetadataPreprocessor,
                                                LimitOutput, LenientSaveAutoGrades, AssignLatePenalties,
@@ -433,11 +679,25 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
         if any(s == "ok" for s, _ in statuses.values()):
             coursedir = CourseDirectory(config=c)
             converter = Autograde(coursedir=coursedir, config=c)
+            sys.path.insert(0, trusted)  # the judge imports the course's checks module from here
+            cwd = os.getcwd()
+            os.chdir(trusted)
             try:
                 converter.start()
             except BaseException as e:  # nbgrader aborts the whole assignment on some errors
                 logging.getLogger("ftlib.grade").error("nbgrader failed: %s\n%s", e, traceback.format_exc())
-        result = _collect(course, spec, statuses)
+            finally:
+                os.chdir(cwd)
+                sys.path.remove(trusted)
+        result = _collect(course, spec, statuses, flags)
+        notes = [stamp_note] if stamp_note else []
+        if unexpected:
+            more = f" and {len(unexpected) - 20} more" if len(unexpected) > 20 else ""
+            notes.append(f"files not used for grading: {', '.join(unexpected[:20])}{more}")
+        result["unexpected_files"] = unexpected
+        for nbres in result["notebooks"].values():
+            if notes:
+                nbres["message"] = "; ".join([nbres["message"], *notes] if nbres["message"] else notes)
         os.makedirs(os.path.join(out_dir, "autograded"), exist_ok=True)
         os.makedirs(os.path.join(out_dir, "feedback"), exist_ok=True)
         for name, nbres in result["notebooks"].items():
@@ -448,7 +708,8 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
                 json.dump(nb, f, indent=1)
             page = render_feedback(nb, nbres["grades"], student=student, assignment=assignment, notebook=name,
                                    status=nbres["status"], include_hidden=spec["include_hidden"],
-                                   hidden_delimiters=tuple(spec.get("hidden_delimiters") or ()) or None)
+                                   hidden_delimiters=tuple(spec.get("hidden_delimiters") or ()) or None,
+                                   notes=notes + [f"flagged: {f}" for f in nbres.get("flags", [])])
             with open(os.path.join(out_dir, "feedback", f"{name}.html"), "w", encoding="utf-8") as f:
                 f.write(page)
         with open(os.path.join(out_dir, "result.json"), "w", encoding="utf-8") as f:
@@ -456,6 +717,22 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reference_flags(path: str, exercises: set[str]) -> list[str]:
+    """What the notebook's code takes from ftlib's reference for the exercises, read statically."""
+    from ftlib.grading.judge import reference_uses
+
+    if not exercises:
+        return []
+    with open(path, encoding="utf-8") as f:
+        nb = json.load(f)
+    found = []
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            found += reference_uses("".join(source) if isinstance(source, list) else str(source), exercises)
+    return [f"the notebook takes {name}" for name in sorted(set(found))]
 
 
 # The kernel's sockets are <runtime dir>/kernel-<12 hex>-ipc-<1..5> (`SandboxKernelManager`),
@@ -472,7 +749,8 @@ def runtime_dir(root: str | None) -> str:
     """
     for base in (root, tempfile.gettempdir(), "/tmp"):
         if base and os.path.isdir(base):
-            probe = os.path.join(os.path.abspath(base), "ftlib-rt-12345678", _SOCKET_NAME)
+            # ftlib-rt-XXXXXXXX/kXXXXXXXX/<socket>: the runtime folder, then one per kernel
+            probe = os.path.join(os.path.abspath(base), "ftlib-rt-12345678", "k12345678", _SOCKET_NAME)
             if len(os.fsencode(probe)) <= _SOCKET_PATH_BYTES:
                 return tempfile.mkdtemp(prefix="ftlib-rt-", dir=base)
     raise OSError(f"No directory short enough for the kernel's sockets (at most {_SOCKET_PATH_BYTES} bytes): "

@@ -80,7 +80,7 @@ def _text(out: dict[str, Any]) -> str:
 
 def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student: str, assignment: str,
                     notebook: str, status: str, include_hidden: bool = False,
-                    hidden_delimiters: tuple[str, str] | None = None) -> str:
+                    hidden_delimiters: tuple[str, str] | None = None, notes: list[str] = ()) -> str:
     """Render the feedback page of one graded notebook.
 
     Parameters
@@ -95,6 +95,8 @@ def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student
         Show hidden tests and full tracebacks (for the instructor).
     hidden_delimiters : (str, str), optional
         The course's ``ClearHiddenTests`` begin and end delimiters (default: nbgrader's).
+    notes : list of str
+        Remarks on the whole submission (files not used, a flag for the instructor).
 
     Returns
     -------
@@ -110,6 +112,7 @@ def render_feedback(nb: dict[str, Any], grades: list[dict[str, Any]], *, student
              f" - {esc(student)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{esc(assignment)} / {esc(notebook)}</h1>",
              f"<p>Student: <b>{esc(student)}</b>. Score: <b>{got:g} / {total:g}</b>{pending}. Status: <b>{esc(status)}</b>.</p>",
+             *[f"<p class='note'>Note: {esc(n)}</p>" for n in notes],
              "<table><tr><th>test</th><th>points</th><th>result</th><th>message</th></tr>"]
     for g in grades:
         if g["score"] is None:  # a written answer, graded by a person in nbgrader's formgrader

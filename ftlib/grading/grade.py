@@ -34,23 +34,26 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
 from typing import Any
 
-from ftlib.grading import guard, sandbox
+from ftlib.grading import sandbox
 from ftlib.grading.feedback import hidden_delimiters
 from ftlib.grading.gradebook import build_template, load_coursedir
-from ftlib.grading.limits import default_workers, parse_memory
-from ftlib.grading.notebook import imported_modules, setup_cells
-from ftlib.grading.results import Recorder, csv_row, read_csv, write_atomic, write_csv
-from ftlib.grading.worker import grade_one, start_fork_server, worker_env
+from ftlib.grading.limits import default_workers, parse_memory, tmp_bytes
+from ftlib.grading.results import Recorder, csv_row, printable, read_csv, write_atomic, write_csv
+from ftlib.grading.worker import failed_run, grade_one, start_fork_server, worker_env
 
 __all__ = ["grade_main", "grade_assignment", "STATUSES"]
 
 STATUSES = ("ok", "timeout", "memory", "crashed", "invalid notebook", "missing")
-_STATE_VERSION = 2
+_STATE_VERSION = 3
+# Processes a submission's worker, kernel and their children may run at once: a notebook needs
+# a handful (data loader workers, a tokenizer's threads are not processes); a fork bomb is refused.
+MAX_PROCESSES = 256
 
 
 _NOT_CONTENT = ("__pycache__", ".ipynb_checkpoints", ".git")
@@ -69,26 +72,20 @@ def _hash_dir(path: str) -> str:
             full = os.path.join(dirpath, name)
             h.update(os.path.relpath(full, path).encode() + b"\0")
             if os.path.islink(full):
-                h.update(b"link:" + os.readlink(full).encode())
-            else:
-                with open(full, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
+                h.update(b"link:" + os.fsencode(os.readlink(full)))
+                continue
+            try:  # a learner's fifo must not hang the grader: no blocking open, regular files only
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                h.update(b"unreadable")
+                continue
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    h.update(b"not a file")
+                    continue
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()
-
-
-def _watched(course_dir: str, coursedir, assignment: str, info: dict) -> list[str]:
-    # Modules the checks import: from the grade cells in the gradebook and the source's setup cells.
-    from ftlib.grading.notebook import NotebookError, read_notebook
-
-    sources = [s for nb in info["notebooks"].values() for s in nb["sources"]]
-    for name in info["notebooks"]:
-        path = os.path.join(coursedir.format_path(coursedir.source_directory, ".", assignment), f"{name}.ipynb")
-        try:
-            sources += [c.source for c in setup_cells(read_notebook(path))]
-        except NotebookError:
-            pass
-    return guard.watched_for(imported_modules(sources))
 
 
 def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[str] | None = None,
@@ -160,7 +157,8 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
     autograded_root = coursedir.format_path(coursedir.autograded_directory, ".", ".")
     feedback_root = coursedir.format_path(coursedir.feedback_directory, ".", ".")
     csv_path = csv_path or os.path.join(course_dir, "grades", f"{assignment}.csv")
-    state_path = os.path.join(autograded_root, f".ftlib-grade-{assignment}.json")
+    # Not under autograded/, whose folders are named by student ids: a student may be called anything.
+    state_path = os.path.join(course_dir, "grades", f".ftlib-grade-{assignment}.json")
 
     work = tempfile.mkdtemp(prefix="ftlib-grade-")
     try:
@@ -176,10 +174,16 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
         everyone = _students(submitted_root, assignment, info, students)
         spec = {"assignment": assignment, "template_db": template, "support_dir": source_dir,
                 "notebooks": sorted(info["notebooks"]), "cell_timeout": cell_timeout,
-                "max_output_bytes": max_output_bytes, "watched_modules": _watched(course_dir, coursedir, assignment, info),
-                "sandbox": sandboxed, "hide": _hidden_paths(course_dir, coursedir, csv_path),
-                "include_hidden": include_hidden, "hidden_delimiters": delimiters}
-        job = {"timeout": timeout, "memory": memory, "env": worker_env(workers)}
+                "max_output_bytes": max_output_bytes, "sandbox": sandboxed,
+                "hide": _hidden_paths(course_dir, coursedir, csv_path),
+                "include_hidden": include_hidden, "hidden_delimiters": delimiters,
+                # the course's own release rules, as nbgrader's generate_assignment applies them
+                "ignore": list(coursedir.ignore),
+                "exclude_overwriting": list(cfg.Autograde.get("exclude_overwriting", {}).get(assignment, [])),
+                "cells": {nb: {"cell_ids": i["cell_ids"], "exercises": i["exercises"]}
+                          for nb, i in info["notebooks"].items()},
+                "tmp_bytes": tmp_bytes(memory)}
+        job = {"timeout": timeout, "memory": memory, "processes": MAX_PROCESSES, "env": worker_env(workers)}
         rows, jobs = _plan(everyone, submitted_root=submitted_root, info=info, state=state, options=options,
                            force=force, work=work, spec=spec, job=job)
         skipped = len(everyone) - len(jobs) - sum(1 for r in rows.values() if r["status"] == "missing")
@@ -204,8 +208,13 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                     recorder.record(done)
             else:
                 with cf.ThreadPoolExecutor(max_workers=workers) as pool:
-                    for future in cf.as_completed([pool.submit(grade_one, job) for job in jobs]):
-                        recorder.record(future.result())
+                    futures = {pool.submit(grade_one, job): job for job in jobs}
+                    for future in cf.as_completed(futures):
+                        try:
+                            done = future.result()
+                        except Exception as e:  # one submission's failure must not stop the others
+                            done = failed_run(futures[future], e)
+                        recorder.record(done)
             recorder.summarize()
         log(f"Graded {len(jobs)} submission(s) in {time.monotonic() - started:.1f} s.")
         write_atomic(state_path, json.dumps(state, indent=1))
@@ -265,7 +274,7 @@ def _students(submitted_root: str, assignment: str, info: dict, students: list[s
     if students:
         unknown = sorted(set(students) - set(everyone))
         if unknown:
-            raise ValueError(f"No submission or gradebook entry for student(s) {', '.join(unknown)} "
+            raise ValueError(f"No submission or gradebook entry for student(s) {', '.join(map(printable, unknown))} "
                              f"in {assignment!r}.")
         everyone = [s for s in everyone if s in students]
     return everyone

@@ -98,13 +98,30 @@ def _copy_assignment(gb, tpl, assignment: str, db_url: str) -> dict[str, Any]:
             fingerprint.update(f"{nb.name}\0{c.name}\0{c.source}\0{c.checksum}\0".encode())
         for c in nb.grade_cells:
             fingerprint.update(f"{c.name}\0{c.max_score}\0".encode())
+        solutions = {c.name for c in nb.solution_cells}
         info["notebooks"][nb.name] = {
             "grade_cells": [c.name for c in sorted(nb.grade_cells, key=lambda c: c.id)],
             "max_scores": {c.name: c.max_score for c in nb.grade_cells},
             "sources": [c.source for c in nb.source_cells],
+            # every cell id the assignment knows, and what its solution cells define (the exercises)
+            "cell_ids": sorted({c.name for c in (*nb.source_cells, *nb.grade_cells, *nb.solution_cells,
+                                                 *nb.task_cells)}),
+            "exercises": sorted({name for c in nb.source_cells if c.name in solutions
+                                 for name in _defined_names(c.source)}),
         }
     info["fingerprint"] = fingerprint.hexdigest()
     return info
+
+
+def _defined_names(source: str) -> list[str]:
+    """The functions and classes a cell defines at its top level."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
 
 
 def write_gradebook(gb, assignment: str, student: str, outcome: dict | None, info: dict, failed: bool) -> None:

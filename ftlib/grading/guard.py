@@ -120,7 +120,11 @@ def restore() -> list[str]:
                         continue
                     changed.append(f"{name}.{key}.{attr}")
             for attr in [a for a in now if a not in saved]:
-                # A new class attribute can shadow an inherited method (Tensor.__eq__).
+                # A new class attribute can shadow an inherited method (Tensor.__eq__). A new data
+                # attribute that shadows nothing is a library's cache (transformers caches
+                # `_can_set_experts_implementation_cached_value` on a model class), not tampering.
+                if not _is_restorable(now[attr]) and not any(attr in vars(base) for base in cls.__mro__[1:]):
+                    continue
                 try:
                     delattr(cls, attr)
                 except (AttributeError, TypeError):

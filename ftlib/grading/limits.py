@@ -26,7 +26,7 @@ from typing import NamedTuple
 import psutil
 
 __all__ = ["RunResult", "run_limited", "watch", "parse_memory", "kill_tree", "MemoryCgroup",
-           "available_memory", "default_workers"]
+           "available_memory", "default_workers", "tmp_bytes"]
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -38,6 +38,15 @@ class RunResult(NamedTuple):
     returncode: int | None
     wall_s: float
     peak_rss: int
+
+
+def tmp_bytes(memory: int | None) -> int:
+    """The size of a sandboxed kernel's ``/tmp`` and of its working folder (each), in RAM.
+
+    A quarter of the submission's memory limit (1 GiB without one), at least 64 MiB: a
+    learner's files are capped, and where a cgroup counts the memory, they count in it.
+    """
+    return max(64 * 2**20, (memory if memory else 4 * 2**30) // 4)
 
 
 def parse_memory(value: str | int | None) -> int | None:
@@ -228,6 +237,77 @@ def _cgroup_for(pid: int, memory: int | None) -> MemoryCgroup | None:
     return group
 
 
+def _pids_parent() -> str | None:
+    """A cgroup folder where this process may create groups with a process limit, or None.
+
+    cgroup v2: this process's group or its parent, with ``pids`` enabled for children;
+    cgroup v1: this process's group in the ``pids`` hierarchy.
+    """
+    own = _own_cgroup()
+    for folder in (own, os.path.dirname(own) if own else None):
+        try:
+            with open(os.path.join(folder, "cgroup.subtree_control"), encoding="utf-8") as f:
+                if "pids" in f.read().split() and os.access(folder, os.W_OK):
+                    return folder
+        except (OSError, TypeError):
+            continue
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            for line in f:
+                _, controllers, rel = line.rstrip("\n").split(":", 2)
+                if "pids" in controllers.split(","):
+                    folder = os.path.join("/sys/fs/cgroup/pids", rel.lstrip("/"))
+                    if os.path.isfile(os.path.join(folder, "cgroup.procs")) and os.access(folder, os.W_OK):
+                        return folder
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class PidsCgroup:
+    """A fresh cgroup whose processes may number at most ``limit`` at once: a fork bomb's
+    ``fork`` fails with EAGAIN in the learner's code, and the grading goes on."""
+
+    def __init__(self, parent: str, limit: int) -> None:
+        self.path = tempfile.mkdtemp(prefix="ftlib-pids-", dir=parent)
+        with open(os.path.join(self.path, "pids.max"), "w", encoding="utf-8") as f:
+            f.write(str(int(limit)))
+
+    def add(self, pid: int) -> None:
+        with open(os.path.join(self.path, "cgroup.procs"), "w", encoding="utf-8") as f:
+            f.write(str(pid))
+
+    def close(self) -> None:
+        for _ in range(50):
+            try:
+                with open(os.path.join(self.path, "cgroup.procs"), encoding="utf-8") as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                return
+            for p in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+def _pids_group_for(pid: int, processes: int | None) -> PidsCgroup | None:
+    parent = _pids_parent() if processes else None
+    if parent is None:
+        return None
+    try:
+        group = PidsCgroup(parent, processes)
+        group.add(pid)
+    except OSError:
+        with contextlib.suppress(Exception):
+            group.close()
+        return None
+    return group
+
+
 def available_memory() -> int:
     """Bytes this process can still use: the machine's available memory, or less under a cgroup limit."""
     free = psutil.virtual_memory().available
@@ -308,31 +388,38 @@ def run_limited(cmd: list[str], *, timeout: float | None = None, memory: int | N
 
 
 def watch(pid: int, finished, *, timeout: float | None = None, memory: int | None = None,
-          poll_s: float = 0.05) -> tuple[str, float, int]:
+          processes: int | None = None, poll_s: float = 0.05) -> tuple[str, float, int]:
     """Watch the running process ``pid`` until ``finished()`` is true or a limit is hit.
 
     On a limit the whole tree is killed. Returns ``(status, wall_s, peak)`` with
-    ``status`` one of ``"exited"``, ``"timeout"``, ``"memory"`` and ``peak`` the most
-    memory the tree used (the cgroup's count, or summed PSS).
+    ``status`` one of ``"exited"``, ``"timeout"``, ``"memory"``, ``"processes"`` and
+    ``peak`` the most memory the tree used (the cgroup's count, or summed PSS).
+    ``processes`` caps the tree's processes at once: a cgroup's ``pids.max`` where one
+    can be made (a fork beyond it fails and the run goes on), else the tree is killed
+    when a poll finds more.
     """
     start = time.monotonic()
     root = psutil.Process(pid)
+    pids_group = _pids_group_for(pid, processes)
     group = _cgroup_for(pid, memory)
     peak, procs, tick = 0, [root], 0
     status = "exited"
     try:
         while not finished():
+            # Listing children is the costly part: every 10th tick; memory is read every tick.
+            if tick % 10 == 0 and (group is None or (processes and pids_group is None)):
+                procs = _tree(root) or procs
             if group is not None:
                 used = group.current()
                 over = group.oom_killed()
             else:
-                if tick % 10 == 0:  # listing children is the costly part; memory is read every tick
-                    procs = _tree(root) or procs
                 used = _used(procs)
                 over = memory is not None and used > memory
             tick += 1
             peak = max(peak, used)
-            if over:
+            if processes and pids_group is None and len(procs) > processes:
+                status = "processes"
+            elif over:
                 status = "memory"
             elif timeout is not None and time.monotonic() - start > timeout:
                 status = "timeout"
@@ -347,6 +434,8 @@ def watch(pid: int, finished, *, timeout: float | None = None, memory: int | Non
     finally:
         if group is not None:
             group.close()  # also whatever the tree left behind
+        if pids_group is not None:
+            pids_group.close()
     # Grandchildren that outlive a finished parent (a stray kernel) must not linger.
     if status == "exited":
         for p in procs[1:]:

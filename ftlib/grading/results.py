@@ -16,7 +16,42 @@ from typing import Any
 
 from ftlib.grading.gradebook import write_gradebook
 
-__all__ = ["underlying_error", "csv_row", "Recorder", "write_atomic", "read_csv", "write_csv"]
+__all__ = ["underlying_error", "csv_row", "Recorder", "write_atomic", "read_csv", "write_csv", "printable",
+           "csv_safe", "log_name"]
+
+
+def printable(text: object, limit: int = 500) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, bidi
+    overrides) shown as ``\\x1b``-style escapes, cut to ``limit`` characters."""
+    text = str(text)
+    out = "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A CSV cell a spreadsheet shows as text: OWASP's rule, a ``'`` before a leading ``= + - @``,
+    tab or carriage return; other control characters escaped. Numbers pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    text = "".join(ch if ch.isprintable() or ch in " \t" else ascii(ch)[1:-1] for ch in value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _csv_unsafe(value: str) -> str:
+    # What `csv_safe` wrote back to the id it read (for rows kept from an earlier CSV).
+    return value[1:] if value[:1] == "'" and value[1:2] in _FORMULA_START else value
+
+
+def log_name(student: str) -> str:
+    """A file name for ``student``'s log: the id itself when it is short and plain, else a digest."""
+    import hashlib
+
+    if re.fullmatch(r"[A-Za-z0-9_@+][A-Za-z0-9._@+-]{0,99}", student):
+        return f"{student}.log"
+    return f"student-{hashlib.sha256(student.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}.log"
 
 _SEVERITY = {s: i for i, s in enumerate(("ok", "missing", "invalid notebook", "timeout", "crashed", "memory"))}
 
@@ -52,6 +87,22 @@ def underlying_error(log_text: str) -> str:
         before = [ln for i, ln in errors if i < died]
         return "the grading kernel could not start" + (f": {before[-1]}" if before else "")
     return errors[-1][1] if errors else ""
+
+
+def kernel_import_error() -> str:
+    """The last error line of importing the kernel's modules in a worker's environment, or ``""``."""
+    import subprocess
+    import sys
+
+    from ftlib.grading.worker import worker_env
+
+    try:
+        r = subprocess.run([sys.executable, "-c", "import ipykernel_launcher, ftlib.checks._remote"],
+                           env=worker_env(1), capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{type(e).__name__}: {e}"
+    lines = [ln.strip() for ln in r.stderr.splitlines() if _EXCEPTION_LINE.search(ln.strip())]
+    return lines[-1] if r.returncode and lines else ""
 
 
 def csv_row(student: str, assignment: str, info: dict, outcome: dict[str, Any] | None,
@@ -112,27 +163,39 @@ class Recorder:
         self.announced: set[str] = set()
 
     def record(self, done: dict[str, Any]) -> None:
+        """Store one submission's results; a failure to store them is that submission's row, not the batch's end."""
+        try:
+            self._record(done)
+        except Exception as e:
+            student = done.get("student", "?")
+            message = f"its results could not be stored: {type(e).__name__}: {e}"
+            self.rows[student] = csv_row(student, self.assignment, self.info, None, "crashed", message)
+            self.log(f"  {printable(student, 60):<20} crashed  {printable(message)}")
+
+    def _record(self, done: dict[str, Any]) -> None:
         student, run, outcome = done["student"], done["run"], done["result"]
         assignment = self.assignment
         cause, grader_failed = "", outcome is None and run["status"] == "exited"
         if run["status"] == "memory":
             status, message = "memory", f"killed: used more than {self.memory / 2**20:.0f} MiB"
+        elif run["status"] == "processes":
+            status, message = "crashed", "killed: started too many processes at once (a fork bomb?)"
         elif run["status"] == "timeout":
             status, message = "timeout", f"killed: ran longer than {self.timeout:g} s"
         elif outcome is None:
-            status, cause = "crashed", underlying_error(done["log"])
+            status, cause = "crashed", self._diagnosed(underlying_error(done["log"]))
             message = f"the grading worker failed (exit {run['returncode']}): {cause or _log_tail(done['log'])}"
         else:
             nbres = outcome["notebooks"].values()
             status = max((r["status"] for r in nbres), key=lambda s: _SEVERITY.get(s, 0), default="ok")
             grader_failed = any(r["message"] == _no_notebook() for r in nbres)
             if grader_failed:
-                cause = underlying_error(done["log"])
+                cause = self._diagnosed(underlying_error(done["log"]))
             message = "; ".join(
                 f"{nb}: {self._explained(r['message'], cause)}" if len(outcome["notebooks"]) > 1
                 else self._explained(r["message"], cause)
                 for nb, r in outcome["notebooks"].items() if r["message"])
-        log_path = os.path.join(self.logs_dir, f"{student}.log")
+        log_path = os.path.join(self.logs_dir, log_name(student))
         if status in _KEEP_LOG:
             os.makedirs(self.logs_dir, exist_ok=True)
             with open(log_path, "w", encoding="utf-8") as f:
@@ -165,8 +228,21 @@ class Recorder:
                 shown = f"the same failure as above; log: {os.path.relpath(log_path, self.course_dir)}"
             elif len(self.failures[cause]) >= _ANNOUNCE_AFTER:
                 self._announce(cause, "so far")
-        self.log(f"  {student:<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
-                 f"{'  ' + shown if shown else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+        self.log(f"  {printable(student, 60):<20} {row['total']:>6g} / {row['max_total']:g}  {status}"
+                 f"{'  ' + printable(shown) if shown else ''}  ({run['wall_s']:.1f} s, {run['peak_rss'] / 2**20:.0f} MiB)")
+
+    def _diagnosed(self, cause: str) -> str:
+        """A kernel that could not start, explained by the grader's own test of the kernel's imports.
+
+        The kernel's own output is never read (a learner's kernel could write anything
+        there); instead this process imports, once, in the workers' environment, what
+        the kernel imports first, and reports what fails.
+        """
+        if cause != "the grading kernel could not start":
+            return cause
+        if not hasattr(self, "_kernel_error"):
+            self._kernel_error = kernel_import_error()
+        return f"{cause}: {self._kernel_error}" if self._kernel_error else cause
 
     @staticmethod
     def _explained(message: str, cause: str) -> str:
@@ -176,7 +252,7 @@ class Recorder:
         self.announced.add(cause)
         logs = os.path.relpath(self.logs_dir, self.course_dir)
         self.log("!" * 78)
-        self.log(f"{len(self.failures[cause])} submission(s) {when} failed the same way: {cause}")
+        self.log(f"{len(self.failures[cause])} submission(s) {when} failed the same way: {printable(cause)}")
         self.log(f"That is the grading environment, not the learners' code; logs in {logs}{os.sep}.")
         self.log("!" * 78)
 
@@ -186,7 +262,7 @@ class Recorder:
             if len(students) >= 2 and cause not in self.announced:
                 self._announce(cause, "in all")
             elif cause in self.announced:
-                self.log(f"{len(students)} submission(s) in all failed with: {cause}")
+                self.log(f"{len(students)} submission(s) in all failed with: {printable(cause)}")
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -212,7 +288,8 @@ def read_csv(path: str, exclude) -> list[dict[str, Any]]:
     """The rows of an earlier CSV at ``path`` whose student is not in ``exclude``."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return [r for r in csv.DictReader(f) if r.get("student") and r["student"] not in exclude]
+            rows = [dict(r, student=_csv_unsafe(r.get("student") or "")) for r in csv.DictReader(f)]
+            return [r for r in rows if r["student"] and r["student"] not in exclude]
     except FileNotFoundError:
         return []
 
@@ -226,5 +303,5 @@ def write_csv(path: str, rows: list[dict[str, Any]], info: dict) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_safe(v) for k, v in row.items()} for row in rows)
     write_atomic(path, buf.getvalue())

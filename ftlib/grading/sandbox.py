@@ -38,11 +38,14 @@ _ETC_FILES = {
 }
 # Read from the host's /etc: nothing secret, and programs misbehave without them.
 _ETC_FROM_HOST = ("ld.so.cache", "ld.so.conf", "localtime", "alternatives", "mime.types")
-# The environment a kernel gets: names, or prefixes ending in "_" or "*".
-_ENV_ALLOWED = ("PATH", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "LANG", "LANGUAGE", "LC_*",
-                "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TQDM_*", "MPLBACKEND",
-                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "NBGRADER_*",
-                "FTLIB_FASHION_MNIST_DIR", "FTLIB_PROGRESS")
+# The environment a kernel gets: these exact names only (a prefix would let through, say,
+# NBGRADER_DB_PASSWORD).
+_ENV_ALLOWED = frozenset((
+    "PATH", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE",
+    "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES", "TZ", "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TQDM_MININTERVAL", "TQDM_DISABLE", "MPLBACKEND",
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "NBGRADER_EXECUTION",
+    "FTLIB_FASHION_MNIST_DIR", "FTLIB_PROGRESS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,10 +110,7 @@ def allowed_paths(environ=None) -> list[str]:
 
 def kernel_env(environ, **extra: str) -> dict[str, str]:
     """The variables of ``environ`` a kernel may see (`_ENV_ALLOWED`), plus ``extra``."""
-    def allowed(name: str) -> bool:
-        return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in _ENV_ALLOWED)
-
-    env = {k: v for k, v in environ.items() if allowed(k)}
+    env = {k: v for k, v in environ.items() if k in _ENV_ALLOWED}
     env.update(HOME="/tmp", USER="learner", LOGNAME="learner")
     # The grader's cache of converted weights is shown read-only (`allowed_paths`); without
     # one, a kernel converts into its own empty /tmp.
@@ -130,7 +130,8 @@ def _write_etc(scratch: str) -> str:
 
 
 def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), cwd: str | None = None,
-         env: dict[str, str] | None = None) -> list[str]:
+         env: dict[str, str] | None = None, tmp_bytes: int | None = None,
+         workdir: tuple[str, str] | None = None) -> list[str]:
     """Return ``cmd`` prefixed with a bubblewrap invocation.
 
     Parameters
@@ -148,6 +149,13 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
         Working directory inside the sandbox.
     env : dict, optional
         The whole environment inside (see `kernel_env`); nothing else is inherited.
+    tmp_bytes : int, optional
+        The size of the sandbox's ``/tmp`` (and of ``workdir``), RAM-backed: what a
+        learner writes counts against memory, not the grader's disk.
+    workdir : (str, str), optional
+        ``(files, inside)``: ``inside`` becomes a new size-limited folder, filled with a
+        copy of the host folder ``files`` (bound read-only) before ``cmd`` starts. Nothing
+        written there reaches the host.
     """
     args = [
         shutil.which("bwrap") or "bwrap",
@@ -166,10 +174,11 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
             args += ["--ro-bind", path, path]
     # An empty /tmp first: the allowed paths bound after it show through even when they live
     # under /tmp (a CI clone there); bound before it, the tmpfs would cover them.
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    size = ["--size", str(int(tmp_bytes))] if tmp_bytes else []
+    args += ["--dev", "/dev", "--proc", "/proc", *size, "--tmpfs", "/tmp"]
     tmp = tempfile.gettempdir()
     if os.path.realpath(tmp) != "/tmp":
-        args += ["--tmpfs", tmp]
+        args += [*size, "--tmpfs", tmp]
     for path in allowed_paths():
         args += ["--ro-bind", path, path]
     # PyTorch's cpuinfo reads the CPU topology; without it, it prints errors in every cell.
@@ -195,6 +204,10 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
         if os.path.abspath(src) in ("/", os.path.abspath(tmp), "/tmp"):
             raise ValueError(f"The writable directory {src!r} would expose the whole temporary directory.")
         args += ["--bind", src, dst]
+    if workdir:
+        files, inside = workdir
+        args += ["--ro-bind", files, _RELEASE, *size, "--tmpfs", inside]
+        cmd = ["/bin/sh", "-c", f'cp -R {_RELEASE}/. "{inside}" && exec "$@"', "sh", *cmd]
     if cwd:
         args += ["--chdir", cwd]
     for key, value in (env or {}).items():
@@ -202,3 +215,6 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
             continue  # bwrap would refuse it; such a name is no variable a kernel reads
         args += ["--setenv", key, value]
     return args + ["--"] + list(cmd)
+
+
+_RELEASE = "/home/.release"  # where a kernel's files wait, read-only, to be copied into its folder

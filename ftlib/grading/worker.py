@@ -16,7 +16,7 @@ from typing import Any
 from ftlib.grading.gradebook import with_venv_path
 from ftlib.grading.limits import run_limited, watch
 
-__all__ = ["grade_one", "start_fork_server", "worker_env", "THREAD_VARIABLES"]
+__all__ = ["grade_one", "failed_run", "start_fork_server", "worker_env", "THREAD_VARIABLES"]
 
 
 def _forked_worker(spec_path: str, log_path: str, env: dict[str, str]) -> None:
@@ -87,7 +87,7 @@ def grade_one(job: dict[str, Any]) -> dict[str, Any]:
         proc = _fork_context().Process(target=_forked_worker, args=(spec_path, log_path, job["env"]))
         proc.start()
         status, wall, peak = watch(proc.pid, lambda: not proc.is_alive(), timeout=job["timeout"],
-                                   memory=job["memory"])
+                                   memory=job["memory"], processes=job.get("processes"))
         proc.join()
         exitcode = proc.exitcode
     run = {"status": status, "returncode": exitcode, "wall_s": wall, "peak_rss": peak}
@@ -111,6 +111,13 @@ def grade_one(job: dict[str, Any]) -> dict[str, Any]:
     except OSError:
         text = ""
     return {"student": job["student"], "hash": job["hash"], "run": run, "result": result, "files": files, "log": text}
+
+
+def failed_run(job: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """What `grade_one` would have returned had its worker failed with ``error`` before grading."""
+    return {"student": job["student"], "hash": job["hash"], "result": None, "files": {},
+            "run": {"status": "exited", "returncode": None, "wall_s": 0.0, "peak_rss": 0},
+            "log": f"{type(error).__name__}: {error}"}
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

@@ -43,7 +43,7 @@ def _csv(root: str) -> dict[str, dict]:
 
 
 def _state(root: str) -> dict:
-    with open(os.path.join(root, "autograded", f".ftlib-grade-{helpers.ASSIGNMENT}.json"), encoding="utf-8") as f:
+    with open(os.path.join(root, "grades", f".ftlib-grade-{helpers.ASSIGNMENT}.json"), encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -40,8 +40,8 @@ def test_messages_explain_failures(graded):
     assert "kernel died" in rows["exit"]["message"]
     assert "misnamed" in rows["misnamed"]["message"]
     assert "not valid JSON" in rows["badjson"]["message"]
-    assert "tampering undone" in rows["patch_checks"]["message"]
-    assert "numpy.testing.assert_allclose" in rows["patch_numpy"]["message"]
+    # Patching the checks or numpy in the kernel changes nothing the judge uses: nothing to undo or report.
+    assert rows["patch_checks"]["message"] == rows["patch_numpy"]["message"] == ""
     assert "duplicate cell ids repaired" in rows["dupids"]["message"]
 
 

@@ -92,6 +92,23 @@ def test_guard_does_not_call_a_library_wrapper_tampering():
     assert guard.restore() == ["torch.manual_seed"] and torch.manual_seed is real
 
 
+def test_guard_ignores_a_library_cache_on_a_class_but_not_a_new_method(tmp_path, monkeypatch):
+    """transformers sets `_can_set_experts_implementation_cached_value` on a model class when a
+    model is built: a data attribute a library adds is not tampering; a method that shadows an
+    inherited one is."""
+    (tmp_path / "models_mod.py").write_text(
+        "class Base:\n    def forward(self):\n        return 'real'\n\nclass Model(Base):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import models_mod
+
+    guard.install(["models_mod"])
+    models_mod.Model._can_set_experts_implementation_cached_value = True
+    assert guard.restore() == []
+    assert models_mod.Model._can_set_experts_implementation_cached_value is True
+    models_mod.Model.forward = lambda self: "fake"
+    assert guard.restore() == ["models_mod.Model.forward"] and models_mod.Model().forward() == "real"
+
+
 @pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29),
                                             (None, None), ("none", None), (1024, 1024)])
 def test_parse_memory(text, expected):
