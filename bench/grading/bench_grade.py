@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     p.add_argument("--dask", action="store_true", help="also time ftlib grade --local-cluster")
     p.add_argument("--overhead", type=int, default=0, metavar="K",
                    help="also measure the per-submission overhead on K submissions")
+    p.add_argument("--grade-only", action="store_true",
+                   help="time only ftlib grade --workers W (no nbgrader, no ftlib check): to compare two "
+                        "versions of ftlib, run each on the same machine (PYTHONPATH=OTHER_CHECKOUT)")
     args = p.parse_args(argv)
 
     root = tempfile.mkdtemp(prefix="ftlib-bench-grade-")
@@ -150,6 +153,16 @@ def main(argv=None) -> int:
                 print(r.stderr[-2000:])
             return seconds, r
 
+        if args.grade_only:
+            import ftlib
+
+            parallel, g = timed([os.path.join(bindir, "ftlib"), "grade", args.assignment, "--workers",
+                                 str(args.workers), "--force", "--cell-timeout", str(args.cell_timeout),
+                                 "--memory", args.memory])
+            print(f"\nassignment {args.assignment}, {args.n} submissions, {os.cpu_count()} CPUs, ftlib from "
+                  f"{os.path.dirname(os.path.dirname(ftlib.__file__))}")
+            print(f"ftlib grade --workers {args.workers} (sandboxed):   {parallel:7.1f} s  (exit {g.returncode})")
+            return 0
         serial, r = timed([os.path.join(bindir, "nbgrader"), "autograde", args.assignment])
         parallel, g = timed([os.path.join(bindir, "ftlib"), "grade", args.assignment, "--workers",
                              str(args.workers), "--force", "--cell-timeout", str(args.cell_timeout),

@@ -12,13 +12,20 @@ touches the real gradebook: the parent does that.
 
 Two nbgrader preprocessors are replaced by subclasses:
 
-- `GradingExecute` starts the kernel through `sandbox.wrap` (an allow-list: no network,
-  no home, no course folder, and a working directory that holds the support files but
-  not the notebook, whose grade cells hold the hidden tests), keeps at most ``max_output_bytes`` of output per cell while
-  it runs, undoes monkeypatching (`guard.restore`) before each grade cell, and turns a
-  dead kernel into error outputs for the remaining cells instead of aborting.
+- `GradingExecute` runs the notebook's cells in a kernel started through `sandbox.wrap`
+  (an allow-list: no network, no home, no course folder; a new RAM-backed working folder
+  per kernel holding the release's files only), except the grade cells: those run in this
+  process, the judge (`ftlib.grading.judge`), which reaches the kernel's names only as
+  data, so nothing the learner's code does in its interpreter changes a grade and the
+  hidden tests never reach the kernel. It keeps at most ``max_output_bytes`` of output
+  per cell, stops a kernel that ignores the interrupt after a timeout, and turns a dead
+  kernel into error outputs for the remaining cells instead of aborting.
 - `LenientSaveAutoGrades` scores like nbgrader but ignores output on stderr: a warning
   or a tqdm bar in a correct answer must not cost the points.
+
+Every file of the submission is copied with `O_NOFOLLOW`, regular files only, before any
+kernel starts, and no folder a kernel could write is ever read or copied into by this
+process.
 
 What a submission costs is mostly starting its kernel and nbgrader's bookkeeping, so
 the kernel starts without a history database or the debugger (`ftlib.grading._kernel`),
@@ -54,7 +61,7 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader import utils as nbutils
 from nbgrader.preprocessors import (
     AssignLatePenalties, CheckCellMetadata, Execute, IgnorePattern, LimitOutput, SaveAutoGrades)
-from traitlets import Integer, List, Unicode
+from traitlets import Dict, Integer, List, Unicode
 
 from ftlib.grading import sandbox
 from ftlib.grading.feedback import error_summary, render_feedback
@@ -170,12 +177,13 @@ class GradingExecute(Execute):
     """
 
     max_output_bytes = Integer(1_000_000, help="Output kept per cell while it runs.").tag(config=True)
-    exercises = List(Unicode(), help="Names whose ftlib reference a solution must not hand in.").tag(config=True)
+    tests = Dict(help="notebook -> grade_id -> source of its autograder tests, from the gradebook.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         from ftlib.grading.judge import Judge, KernelChannel
 
         self._events = _notebook_events(resources or {})
+        self._tests = dict(self.tests.get((resources or {}).get("nbgrader", {}).get("notebook"), {}))
         self._out_bytes: dict[int, int] = {}
         self._dead_at = None
         self._stopped_after_timeout = False
@@ -249,9 +257,12 @@ class GradingExecute(Execute):
             cell.outputs = [NotebookNode(output_type="error", ename="KernelDied", traceback=[],
                                          evalue=f"not run: the kernel stopped in cell {self._dead_at} ({why})")]
             return cell, resources
-        if nbutils.is_grade(cell):
-            source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
-            cell.outputs, error = self._judge.run(source, label=f"<grade cell {index}>")
+        gid = (cell.metadata.get("nbgrader") or {}).get("grade_id")
+        if nbutils.is_grade(cell) and gid in self._tests:
+            # An autograder test: the instructor's code, from the gradebook, never the notebook's
+            # text. (A grade cell that is also a solution cell holds the learner's code, graded
+            # by hand: it runs in the kernel like any other learner cell.)
+            cell.outputs, error = self._judge.run(self._tests[gid], label=f"<grade cell {gid}>")
             cell.execution_count = None
             if error == "CellTimeoutError":
                 self._events["timeouts"].append(index)
@@ -343,7 +354,7 @@ class LenientSaveAutoGrades(SaveAutoGrades):
 _CELL_ID = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")  # nbformat 4.5's rule
 
 
-def _prepare_notebook(path: str, grade_ids: set[str]) -> tuple[str, str]:
+def _prepare_notebook(path: str, grade_ids: set[str], kinds: dict | None = None) -> tuple[str, str]:
     """Check that ``path`` is a readable notebook and repair what a learner's tools break, in place.
 
     Upgrades nbformat 3; replaces missing, duplicate or invalid cell ids; keeps the last
@@ -353,16 +364,21 @@ def _prepare_notebook(path: str, grade_ids: set[str]) -> tuple[str, str]:
     """
     import nbformat
 
+    notes = []
+    try:  # nbformat 3 (worksheets instead of cells): nbformat upgrades it
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        if isinstance(raw, dict) and raw.get("nbformat") == 3:
+            nbformat.write(nbformat.reads(json.dumps(raw), as_version=4), path)
+            notes.append("upgraded from nbformat 3")
+    except Exception:  # not JSON, or not an nbformat 3 notebook: read_notebook says what it is
+        pass
     try:
         nb = read_notebook(path)
     except NotebookError as e:
         return "invalid notebook", str(e).replace(os.path.dirname(path) + os.sep, "")
-    notes = []
     try:
-        major = nb.get("nbformat")
         parsed = nbformat.reads(json.dumps(nb), as_version=4)
-        if major == 3:
-            notes.append("upgraded from nbformat 3")
     except Exception as e:  # nbformat's own complaints (bad nbformat version, schema)
         return "invalid notebook", f"{os.path.basename(path)} is not a valid notebook: {_one_line(e)}"
     seen_ids: set = set()
@@ -378,6 +394,14 @@ def _prepare_notebook(path: str, grade_ids: set[str]) -> tuple[str, str]:
         elif grade_ids and gid not in grade_ids:
             del meta["nbgrader"]
             notes.append(f"cell {gid!r} is not part of the assignment: run, not graded")
+        elif kinds and gid in kinds and any(nbg.get(k, False) != v for k, v in kinds[gid].items()):
+            # A cell's role is the release's, not what the learner's copy says (a solution
+            # cell turned into a grade cell would crash nbgrader or be scored as a test).
+            nbg.update(kinds[gid])
+            for flag in ("grade", "solution", "locked", "task"):
+                nbg.setdefault(flag, False)
+            notes.append(f"cell {gid!r}: nbgrader metadata restored")
+            seen_ids.add(gid)
         elif gid in seen_ids:
             # nbgrader's DeduplicateIds keeps the last cell of a grade_id and empties the
             # others' metadata, which its own OverwriteCells(add_missing_cells=True) then
@@ -539,8 +563,10 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
     ``spec`` keys: ``assignment``, ``student``, ``submission_dir``, ``template_db`` (a
     gradebook with only this assignment), ``support_dir`` (the assignment's source folder,
     whose non-notebook files are copied), ``notebooks`` (expected notebook names),
-    ``cell_timeout``, ``max_output_bytes``, ``watched_modules``, ``sandbox`` (bool),
-    ``hide`` (paths the kernel must not see), ``include_hidden``, ``output_dir``.
+    ``cell_timeout``, ``max_output_bytes``, ``sandbox`` (bool), ``hide`` (paths the kernel
+    must not see), ``include_hidden``, ``output_dir``, the course's ``ignore`` patterns and
+    ``exclude_overwriting`` files, ``cells`` (per notebook: the cell ids the gradebook knows
+    and the names its solution cells define) and ``tmp_bytes`` (the kernel's tmpfs sizes).
     """
     with _one_engine_per_database():
         return _autograde(spec)
@@ -649,7 +675,7 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
                 statuses[name] = ("missing", f"{name}.ipynb was not submitted{hint}")
                 continue
             known = spec.get("cells", {}).get(name, {})
-            status, message = _prepare_notebook(path, set(known.get("cell_ids", [])))
+            status, message = _prepare_notebook(path, set(known.get("cell_ids", [])), known.get("kinds"))
             statuses[name] = (status, message)
             if status != "ok":
                 os.remove(path)  # nbgrader then scores it as missing: zero
@@ -665,6 +691,7 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
         c.Execute.execute_retries = 0
         c.GradingExecute.shutdown_kernel = "immediate"  # the kernel's state is thrown away anyway
         c.GradingExecute.max_output_bytes = int(spec["max_output_bytes"])
+        c.GradingExecute.tests = {name: dict(info.get("tests", {})) for name, info in spec.get("cells", {}).items()}
         c.GradingExecute.kernel_manager_class = SandboxKernelManager
         c.SandboxKernelManager.sandbox_enabled = "1" if spec["sandbox"] else ""
         c.SandboxKernelManager.sandbox_hide = list(spec["hide"])
@@ -720,18 +747,20 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reference_flags(path: str, exercises: set[str]) -> list[str]:
-    """What the notebook's code takes from ftlib's reference for the exercises, read statically."""
-    from ftlib.grading.judge import reference_uses
+    """What the notebook's solution cells take from ftlib's reference for the exercises, read statically."""
+    from ftlib.grading.judge import reference_aliases, reference_uses
 
     if not exercises:
         return []
     with open(path, encoding="utf-8") as f:
         nb = json.load(f)
+    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    text = ["".join(c["source"]) if isinstance(c.get("source"), list) else str(c.get("source", "")) for c in code]
+    aliases = reference_aliases(text, exercises)
     found = []
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code":
-            source = cell.get("source", "")
-            found += reference_uses("".join(source) if isinstance(source, list) else str(source), exercises)
+    for cell, source in zip(code, text):
+        if (cell.get("metadata", {}).get("nbgrader") or {}).get("solution"):
+            found += reference_uses(source, exercises, aliases)
     return [f"the notebook takes {name}" for name in sorted(set(found))]
 
 

@@ -180,7 +180,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                 # the course's own release rules, as nbgrader's generate_assignment applies them
                 "ignore": list(coursedir.ignore),
                 "exclude_overwriting": list(cfg.Autograde.get("exclude_overwriting", {}).get(assignment, [])),
-                "cells": {nb: {"cell_ids": i["cell_ids"], "exercises": i["exercises"]}
+                "cells": {nb: {k: i[k] for k in ("cell_ids", "exercises", "kinds", "tests")}
                           for nb, i in info["notebooks"].items()},
                 "tmp_bytes": tmp_bytes(memory)}
         job = {"timeout": timeout, "memory": memory, "processes": MAX_PROCESSES, "env": worker_env(workers)}

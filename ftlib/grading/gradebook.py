@@ -108,9 +108,30 @@ def _copy_assignment(gb, tpl, assignment: str, db_url: str) -> dict[str, Any]:
                                                  *nb.task_cells)}),
             "exercises": sorted({name for c in nb.source_cells if c.name in solutions
                                  for name in _defined_names(c.source)}),
+            # what each cell is, as the release made it (a learner can edit cell metadata)
+            "kinds": _kinds(nb),
+            # the autograder tests' source, hidden tests included: what the judge runs
+            "tests": {c.name: c.source for c in nb.source_cells
+                      if c.name in {g.name for g in nb.grade_cells if g.cell_type == "code"} - solutions},
         }
     info["fingerprint"] = fingerprint.hexdigest()
     return info
+
+
+def _kinds(nb) -> dict[str, dict]:
+    """Each cell id of notebook ``nb`` -> its nbgrader flags as the gradebook records them."""
+    points = {c.name: float(c.max_score) for c in nb.grade_cells}
+    points.update({c.name: float(c.max_score) for c in nb.task_cells})
+    grades, solutions, tasks = ({c.name for c in cells} for cells in (nb.grade_cells, nb.solution_cells, nb.task_cells))
+    kinds = {}
+    for c in nb.source_cells:
+        kind = {"grade": c.name in grades, "solution": c.name in solutions, "locked": bool(c.locked)}
+        if c.name in tasks:
+            kind["task"] = True
+        if c.name in points:
+            kind["points"] = points[c.name]
+        kinds[c.name] = kind
+    return kinds
 
 
 def _defined_names(source: str) -> list[str]:

@@ -29,7 +29,7 @@ from nbformat.notebooknode import NotebookNode
 
 from ftlib.checks._remote import Channel, ProtocolError
 
-__all__ = ["Judge", "KernelChannel", "KernelStopped", "reference_uses"]
+__all__ = ["Judge", "KernelChannel", "KernelStopped", "reference_aliases", "reference_uses"]
 
 _MAX_OUT = 20_000  # characters of a grade cell's printed output, and of an error message, kept
 
@@ -142,36 +142,60 @@ def _cut(text: str) -> str:
     return text if len(text) <= _MAX_OUT else text[:_MAX_OUT] + f"\n... ({len(text) - _MAX_OUT} more characters)"
 
 
-def reference_uses(source: str, exercises: set[str]) -> list[str]:
-    """Names of ``exercises`` that ``source`` takes from ftlib (its reference) instead of writing.
+def reference_aliases(sources: list[str], exercises: set[str]) -> dict[str, str]:
+    """Names that ``sources`` bind to ftlib's reference of an exercise: ``{"ftlib_count": "ftlib.models.count_parameters"}``.
 
-    ``from ftlib.models import count_parameters as c``, ``import ftlib.models`` then
-    ``ftlib.models.count_parameters``, ``from ftlib import models`` then
-    ``models.count_parameters``: each is a use of ftlib's own answer. Read statically
-    from the solution cell; source that does not parse names nothing.
+    A course may import ftlib's version for a comparison (08 imports
+    ``extract_features as ftlib_extract_features``); that is no flag by itself, but a
+    solution cell that calls it is.
+    """
+    aliases = {}
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ftlib":
+                for alias in node.names:
+                    if alias.name in exercises:
+                        aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def reference_uses(source: str, exercises: set[str], aliases: dict[str, str] | None = None) -> list[str]:
+    """What the solution cell ``source`` takes from ftlib's reference for ``exercises`` instead of writing it.
+
+    ``from ftlib.models import count_parameters as c``; ``import ftlib.models`` then
+    ``ftlib.models.count_parameters``; ``from ftlib import models`` then
+    ``models.count_parameters`` or ``getattr(models, "count_parameters")``;
+    ``__import__("ftlib.models")...``; or a name another cell bound to the reference
+    (``aliases``, see `reference_aliases`). Read statically; source that does not parse
+    names nothing.
     """
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
-    found, ftlib_aliases = [], set()
+    aliases = dict(aliases or {})
+    found, ftlib_modules = [], set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ftlib":
             for alias in node.names:
                 if alias.name in exercises:
                     found.append(f"{node.module}.{alias.name}")
                 else:
-                    ftlib_aliases.add(alias.asname or alias.name)
+                    ftlib_modules.add(alias.asname or alias.name)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "ftlib":
-                    ftlib_aliases.add((alias.asname or alias.name).split(".")[0])
+                    ftlib_modules.add((alias.asname or alias.name).split(".")[0])
 
     def from_ftlib(node) -> bool:  # ftlib, an alias of one of its modules, or __import__("ftlib...")
         while isinstance(node, ast.Attribute):
             node = node.value
         if isinstance(node, ast.Name):
-            return node.id in ftlib_aliases
+            return node.id in ftlib_modules
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
                 "__import__", "import_module"):
             return any(isinstance(a, ast.Constant) and str(a.value).split(".")[0] == "ftlib" for a in node.args)
@@ -184,4 +208,6 @@ def reference_uses(source: str, exercises: set[str]) -> list[str]:
               and isinstance(node.args[1], ast.Constant) and node.args[1].value in exercises
               and from_ftlib(node.args[0])):
             found.append(ast.unparse(node))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in aliases:
+            found.append(aliases[node.id])
     return sorted(set(found))

@@ -92,6 +92,9 @@ def read_notebook(path: str | os.PathLike) -> dict[str, Any]:
             "It was probably edited outside Jupyter or saved half-way; restore it from a "
             "checkpoint (File > Revert) or download it again."
         ) from None
+    if isinstance(nb, dict) and nb.get("nbformat") == 3 and "worksheets" in nb:
+        raise NotebookError(f"{path!r} is an old nbformat 3 notebook: open it in Jupyter and save it to "
+                            "upgrade it (or `jupyter nbconvert --to notebook --inplace`).")
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise NotebookError(f"{path!r} is JSON but not a notebook: it has no list of 'cells'.")
     for i, cell in enumerate(nb["cells"]):

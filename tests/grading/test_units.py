@@ -157,3 +157,27 @@ def test_each_kernel_gets_its_share_of_the_cores():
     assert all(v == str(max(1, cores // 2)) for v in limits.values())
     assert _thread_limits(cores * 4, {})["OMP_NUM_THREADS"] == "1"  # never 0
     assert _thread_limits(1, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the instructor's value wins
+
+
+@pytest.mark.parametrize("source, found", [
+    ("from ftlib.models import count_parameters as c\n", ["ftlib.models.count_parameters"]),
+    ("import ftlib.models\ndef count_parameters(m):\n    return ftlib.models.count_parameters(m)\n",
+     ["ftlib.models.count_parameters"]),
+    ("from ftlib import models\ncount_parameters = getattr(models, 'count_parameters')\n",
+     ["getattr(models, 'count_parameters')"]),
+    ("count_parameters = __import__('ftlib.models').models.count_parameters\n",
+     ["__import__('ftlib.models').models.count_parameters"]),
+    ("def extract_features(b, l):\n    return ftlib_extract_features(b, l)\n", ["ftlib.features.extract_features"]),
+    # honest answers, a helper of another step, and code that does not parse: nothing
+    ("def count_parameters(m):\n    return sum(p.numel() for p in m.parameters())\n", []),
+    ("from ftlib.freezing import set_frozen_batchnorm_eval\n", []),
+    ("def count_parameters(m)\n", []),
+])
+def test_reference_uses_finds_ftlibs_answer_in_a_solution_cell(source, found):
+    from ftlib.grading.judge import reference_aliases, reference_uses
+
+    exercises = {"count_parameters", "extract_features"}
+    # the course itself imports ftlib's version under another name for a comparison (08 does)
+    aliases = reference_aliases(["from ftlib.features import extract_features as ftlib_extract_features\n"],
+                                exercises)
+    assert reference_uses(source, exercises, aliases) == found
