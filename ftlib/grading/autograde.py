@@ -43,6 +43,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -55,7 +56,7 @@ if "jsonschema" not in sys.modules:
 
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils as nbutils
@@ -70,6 +71,7 @@ from ftlib.grading.notebook import NotebookError, duplicate_cell_ids, read_noteb
 __all__ = ["NO_NOTEBOOK", "autograde_submission", "prewarm", "GradingExecute", "LenientSaveAutoGrades", "SandboxKernelManager"]
 
 NO_NOTEBOOK = "nbgrader produced no autograded notebook"
+KERNEL_DID_NOT_START = "the grading kernel could not start"
 # What the kernel-side hooks observed, per notebook file name: filled while nbgrader runs.
 _events: dict[str, dict[str, Any]] = {}
 
@@ -119,7 +121,34 @@ class SandboxKernelManager(AsyncKernelManager):
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         kw.update(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.sandbox_enabled:
+            # bwrap itself is pid 1 in the sandbox, and /proc/1/environ is readable there: it
+            # gets nothing of the grader's environment (the kernel's is set by --setenv).
+            kw["env"] = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    def lock_runtime(self) -> None:
+        """Once the kernel listens, stop it from writing into its (host) socket folder.
+
+        The folder must be writable while the kernel creates its sockets; afterwards a
+        learner could fill the grader's disk through it. Where this process is root, the
+        folder and connection file go to another owner, read-only, so the kernel (root
+        outside its sandbox, but without capabilities) can neither write nor chmod them
+        back. Elsewhere a thread (`_watch_runtime`) kills a kernel that writes there.
+        """
+        folder = os.path.dirname(os.path.realpath(self.connection_file))
+        if not self.sandbox_enabled:
+            return
+        if os.geteuid() != 0:
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                threading.Thread(target=_watch_runtime, args=(folder, process), daemon=True).start()
+            return
+        with contextlib.suppress(OSError):
+            os.chown(self.connection_file, 65534, 65534)
+            os.chmod(self.connection_file, 0o444)
+            os.chown(folder, 65534, 65534)
+            os.chmod(folder, 0o555)
 
     def _home(self) -> str:
         """A new folder holding the released files, copied from the worker's trusted copies."""
@@ -150,6 +179,24 @@ class SandboxKernelManager(AsyncKernelManager):
         return sandbox.wrap(cmd, hide=list(self.sandbox_hide), writable=[runtime], cwd=inside, env=env,
                             scratch=home + ".etc", tmp_bytes=self.sandbox_tmp_bytes or None,
                             workdir=(home, inside))
+
+
+_RUNTIME_BYTES = 1 << 20  # a kernel's socket folder holds a connection file and five sockets
+
+
+def _watch_runtime(folder: str, process) -> None:
+    """Kill the sandbox (bwrap) of a kernel that writes more than a MiB into its socket folder."""
+    while process.poll() is None:
+        try:
+            entries = list(os.scandir(folder))
+            used = sum(e.stat(follow_symlinks=False).st_size for e in entries)
+        except OSError:
+            return
+        if used > _RUNTIME_BYTES or len(entries) > 64:
+            with contextlib.suppress(OSError):
+                process.kill()
+            return
+        time.sleep(0.2)
 
 
 def copy_regular_file(src: str, dst: str) -> None:
@@ -186,12 +233,17 @@ class GradingExecute(Execute):
         self._tests = dict(self.tests.get((resources or {}).get("nbgrader", {}).get("notebook"), {}))
         self._out_bytes: dict[int, int] = {}
         self._dead_at = None
+        self._locked = False
         self._stopped_after_timeout = False
         self._judge = Judge(KernelChannel(self._ask_kernel), cell_timeout=float(self.timeout or 30))
         # No history database: nothing reads it, and creating it costs each kernel start 0.05 s.
         self.extra_arguments = ["--HistoryManager.enabled=False"]
         try:
             return super().preprocess(nb, resources, km)
+        except Exception:
+            if not hasattr(self, "_current"):  # no cell ran: the kernel never answered
+                self._events["kernel_start_failed"] = True
+            raise
         finally:
             self._events["origins"] = dict(self._judge.channel.origins)
             self._events["used"] = sorted(self._judge.learner_names)
@@ -252,6 +304,9 @@ class GradingExecute(Execute):
         if cell.cell_type != "code":
             return cell, resources
         self._current = index
+        if not self._locked and isinstance(self.km, SandboxKernelManager):
+            self.km.lock_runtime()  # the kernel answered: its sockets exist
+            self._locked = True
         if self._dead_at is not None:
             why = "it was stopped after a timeout" if self._stopped_after_timeout else "it died"
             cell.outputs = [NotebookNode(output_type="error", ename="KernelDied", traceback=[],
@@ -271,6 +326,12 @@ class GradingExecute(Execute):
             return cell, resources
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
+        except CellTimeoutError:
+            # The kernel did not go idle after the interrupt (nbclient's IOPub timeout): the
+            # cell timed out, whatever the kernel does next.
+            cell.outputs = list(cell.get("outputs", [])) + [NotebookNode(
+                output_type="error", ename="CellTimeoutError", traceback=[],
+                evalue=f"the cell did not finish within {self.timeout} s and ignored the interrupt")]
         except DeadKernelError:
             self._dead_at = index
             self._events["died_in"] = index
@@ -419,8 +480,12 @@ def _prepare_notebook(path: str, grade_ids: set[str], kinds: dict | None = None)
                 repaired.append(str(cid)[:40])
             cell["id"] = uuid.uuid4().hex[:8]
         ids.add(cell["id"])
-    if repaired:
-        notes.append(f"cell ids repaired: {', '.join(sorted(set(repaired))[:5])}")
+    dups = duplicate_cell_ids(nb)  # nbformat renames duplicates as it reads: ask the file
+    invalid = sorted(set(repaired) - set(dups))
+    if dups:
+        notes.append(f"duplicate cell ids repaired: {', '.join(dups[:5])}")
+    if invalid:
+        notes.append(f"cell ids repaired: {', '.join(invalid[:5])}")
     parsed.nbformat, parsed.nbformat_minor = 4, max(parsed.get("nbformat_minor", 5), 5)
     nbformat.write(parsed, path)
     return "ok", "; ".join(notes)
@@ -434,7 +499,7 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
              flags: dict[str, list[str]]) -> dict[str, Any]:
     from nbgrader.api import Gradebook, MissingEntry
 
-    assignment, student = spec["assignment"], spec["student"]
+    assignment, student = spec["assignment"], _INNER_STUDENT
     result: dict[str, Any] = {"notebooks": {}, "timestamp": None}
     with Gradebook(f"sqlite:///{os.path.join(course, 'gradebook.db')}") as gb:
         try:
@@ -451,6 +516,8 @@ def _collect(course: str, spec: dict[str, Any], statuses: dict[str, tuple[str, s
                     nb = json.load(f)
             elif status == "ok":
                 status, message = "crashed", NO_NOTEBOOK
+                if _events.get(name, {}).get("kernel_start_failed"):
+                    message = KERNEL_DID_NOT_START
             cells = {}
             if nb is not None:
                 for cell in nb["cells"]:
@@ -572,6 +639,7 @@ def autograde_submission(spec: dict[str, Any]) -> dict[str, Any]:
         return _autograde(spec)
 
 
+_INNER_STUDENT = "student"
 _NOT_SUBMITTED = {"timestamp.txt"}  # written by nbgrader's exchange, not by the learner
 
 
@@ -640,7 +708,9 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         os.chmod(tmp, 0o700)
         course = os.path.join(tmp, "course")
-        assignment, student = spec["assignment"], spec["student"]
+        # nbgrader matches its paths as globs: a real id with "[" or a newline would match no
+        # folder, so the private course knows the student by a plain name.
+        assignment, student = spec["assignment"], _INNER_STUDENT
         os.makedirs(course)
         shutil.copy(spec["template_db"], os.path.join(course, "gradebook.db"))
         ignore = list(spec.get("ignore") or [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"])
@@ -733,7 +803,7 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             with open(os.path.join(out_dir, "autograded", f"{name}.ipynb"), "w", encoding="utf-8") as f:
                 json.dump(nb, f, indent=1)
-            page = render_feedback(nb, nbres["grades"], student=student, assignment=assignment, notebook=name,
+            page = render_feedback(nb, nbres["grades"], student=spec["student"], assignment=assignment, notebook=name,
                                    status=nbres["status"], include_hidden=spec["include_hidden"],
                                    hidden_delimiters=tuple(spec.get("hidden_delimiters") or ()) or None,
                                    notes=notes + [f"flagged: {f}" for f in nbres.get("flags", [])])

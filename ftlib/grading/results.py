@@ -16,7 +16,7 @@ from typing import Any
 
 from ftlib.grading.gradebook import write_gradebook
 
-__all__ = ["underlying_error", "csv_row", "Recorder", "write_atomic", "read_csv", "write_csv", "printable",
+__all__ = ["csv_row", "Recorder", "write_atomic", "read_csv", "write_csv", "printable",
            "csv_safe", "log_name"]
 
 
@@ -56,37 +56,9 @@ def log_name(student: str) -> str:
 _SEVERITY = {s: i for i, s in enumerate(("ok", "missing", "invalid notebook", "timeout", "crashed", "memory"))}
 
 
-def _log_tail(text: str, n: int = 3) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])[-300:]
-
-
-# "ValueError: ...", or the interpreter's "python: Error while finding module specification
-# for 'ftlib.grading._kernel' (ModuleNotFoundError: No module named 'ftlib')".
+# "ValueError: ..." as the interpreter prints an uncaught exception's last line.
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$"
                              r"|\(([A-Za-z_][\w.]*Error): (.+)\)$")
-_KERNEL_DIED = ("Kernel died before replying to kernel_info", "Kernel didn't respond", "kernel died before")
-
-
-def underlying_error(log_text: str) -> str:
-    """The error behind a failed worker, from its log, in words; ``""`` if none is recognised.
-
-    A kernel that dies while starting is reported with the exception it printed before
-    (``the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'``);
-    otherwise the last exception line of the log.
-    """
-    lines = [ln.strip() for ln in log_text.splitlines()]
-    errors = []
-    for i, ln in enumerate(lines):
-        m = _EXCEPTION_LINE.search(ln)
-        if m:
-            name, text = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-            errors.append((i, f"{name}: {text}"))
-    died = next((i for i, ln in enumerate(lines) if any(k in ln for k in _KERNEL_DIED)), None)
-    if died is not None:
-        before = [ln for i, ln in errors if i < died]
-        return "the grading kernel could not start" + (f": {before[-1]}" if before else "")
-    return errors[-1][1] if errors else ""
 
 
 def kernel_import_error() -> str:
@@ -137,10 +109,8 @@ def csv_row(student: str, assignment: str, info: dict, outcome: dict[str, Any] |
 _KEEP_LOG = ("crashed", "timeout", "memory")
 
 
-def _no_notebook() -> str:
-    from ftlib.grading.autograde import NO_NOTEBOOK  # imported already: the batch loaded nbgrader
-
-    return NO_NOTEBOOK
+# A notebook's message when the grading, not the learner, failed (set by the worker itself).
+_GRADER_FAILURES = ("nbgrader produced no autograded notebook", "the grading kernel could not start")
 
 
 _ANNOUNCE_AFTER = 3  # submissions failing the same way before the batch says so
@@ -175,6 +145,8 @@ class Recorder:
     def _record(self, done: dict[str, Any]) -> None:
         student, run, outcome = done["student"], done["run"], done["result"]
         assignment = self.assignment
+        # The cause of a failure is what the grader saw itself (an exit code, a kernel that
+        # never answered), never text from a log that learner code may have shaped.
         cause, grader_failed = "", outcome is None and run["status"] == "exited"
         if run["status"] == "memory":
             status, message = "memory", f"killed: used more than {self.memory / 2**20:.0f} MiB"
@@ -183,14 +155,15 @@ class Recorder:
         elif run["status"] == "timeout":
             status, message = "timeout", f"killed: ran longer than {self.timeout:g} s"
         elif outcome is None:
-            status, cause = "crashed", self._diagnosed(underlying_error(done["log"]))
-            message = f"the grading worker failed (exit {run['returncode']}): {cause or _log_tail(done['log'])}"
+            status = "crashed"
+            cause = message = f"the grading worker failed (exit {run['returncode']})"
         else:
             nbres = outcome["notebooks"].values()
             status = max((r["status"] for r in nbres), key=lambda s: _SEVERITY.get(s, 0), default="ok")
-            grader_failed = any(r["message"] == _no_notebook() for r in nbres)
-            if grader_failed:
-                cause = self._diagnosed(underlying_error(done["log"]))
+            failed = [r["message"] for r in nbres if r["message"] in _GRADER_FAILURES]
+            grader_failed = bool(failed)
+            if failed:
+                cause = self._diagnosed(failed[0])
             message = "; ".join(
                 f"{nb}: {self._explained(r['message'], cause)}" if len(outcome["notebooks"]) > 1
                 else self._explained(r["message"], cause)
@@ -238,7 +211,9 @@ class Recorder:
         there); instead this process imports, once, in the workers' environment, what
         the kernel imports first, and reports what fails.
         """
-        if cause != "the grading kernel could not start":
+        from ftlib.grading.autograde import KERNEL_DID_NOT_START
+
+        if cause != KERNEL_DID_NOT_START:
             return cause
         if not hasattr(self, "_kernel_error"):
             self._kernel_error = kernel_import_error()
@@ -246,7 +221,7 @@ class Recorder:
 
     @staticmethod
     def _explained(message: str, cause: str) -> str:
-        return f"{message}: {cause}" if cause and message == _no_notebook() else message
+        return cause if cause and message in _GRADER_FAILURES else message
 
     def _announce(self, cause: str, when: str) -> None:
         self.announced.add(cause)

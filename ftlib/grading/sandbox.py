@@ -204,6 +204,11 @@ def wrap(cmd: list[str], *, writable: list, scratch: str, hide: list[str] = (), 
         if os.path.abspath(src) in ("/", os.path.abspath(tmp), "/tmp"):
             raise ValueError(f"The writable directory {src!r} would expose the whole temporary directory.")
         args += ["--bind", src, dst]
+    cmd = list(cmd)
+    if cmd and os.path.isabs(cmd[0]):
+        # "/repo/tests/../.venv/bin/python" (a relative sys.executable): the sandbox has no
+        # /repo/tests to walk through, so the path is resolved here, links kept (a venv's).
+        cmd[0] = os.path.normpath(cmd[0])
     if workdir:
         files, inside = workdir
         args += ["--ro-bind", files, _RELEASE, *size, "--tmpfs", inside]

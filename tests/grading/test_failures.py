@@ -15,7 +15,6 @@ import shutil
 
 import helpers
 from ftlib.grading.grade import grade_assignment
-from ftlib.grading.results import underlying_error
 
 STUDENTS = ["ann", "ben", "cat"]
 
@@ -57,16 +56,3 @@ def test_a_kernel_that_cannot_start_is_named_once_and_every_log_kept(tmp_path, m
     assert os.listdir(os.path.join(root, "grades", "logs", helpers.ASSIGNMENT)) == []
 
 
-def test_underlying_error_reads_a_worker_log():
-    assert underlying_error("ValueError: bad\nsomething else\n") == "ValueError: bad"
-    assert underlying_error("nothing recognisable") == ""
-    log = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
-           "ModuleNotFoundError: No module named 'ftlib'\n"
-           "2026-12-01 traitlets ERROR Error occurred while starting new kernel client for kernel k: "
-           "Kernel died before replying to kernel_info\n"
-           "RuntimeError: Kernel died before replying to kernel_info\n")
-    assert underlying_error(log) == "the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'"
-    log = ("/usr/bin/python3: Error while finding module specification for 'ftlib.grading._kernel' "
-           "(ModuleNotFoundError: No module named 'ftlib')\n"
-           "traitlets ERROR Error occurred while starting new kernel client: Kernel died before replying to kernel_info\n")
-    assert underlying_error(log) == "the grading kernel could not start: ModuleNotFoundError: No module named 'ftlib'"

@@ -181,3 +181,9 @@ def test_reference_uses_finds_ftlibs_answer_in_a_solution_cell(source, found):
     aliases = reference_aliases(["from ftlib.features import extract_features as ftlib_extract_features\n"],
                                 exercises)
     assert reference_uses(source, exercises, aliases) == found
+
+
+def test_the_recorder_knows_the_workers_grader_failures():
+    from ftlib.grading import autograde, results
+
+    assert results._GRADER_FAILURES == (autograde.NO_NOTEBOOK, autograde.KERNEL_DID_NOT_START)
