@@ -326,9 +326,17 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def save_adapter(model: nn.Module, path) -> None:
-    """Save the adapter only (a few MB): ``adapter_config.json`` + ``adapter_model.safetensors``."""
+    """Save the adapter only (a few MB): ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+    Refuses a peft model whose adapters `merge_lora` has already folded into the base
+    weights: peft would write an adapter with no tensors, which loads as "no change".
+    """
     if not hasattr(model, "peft_config"):
         raise TypeError(f"save_adapter needs a peft model (see add_lora); got {type(model).__name__}.")
+    if not any("lora_" in name for name, _ in model.named_parameters()):
+        raise ValueError("This peft model has no LoRA weights left: merge_lora folded them into the base "
+                         "weights, and saving would write an empty adapter. Save the adapter before merging, "
+                         "or save the merged model merge_lora returned (model.save_pretrained(folder)).")
     model.save_pretrained(str(path))
 
 

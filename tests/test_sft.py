@@ -204,6 +204,11 @@ def test_adapter_save_load_and_merge_give_identical_outputs(tok, tmp_path):
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
     with pytest.raises(TypeError, match="peft model"):
         sft.merge_lora(merged)
+    # The peft wrapper merge_lora was called on is empty now: saving it would write an adapter of
+    # 0 tensors (40 bytes) that reloads as no change, so it is refused with the reason.
+    with pytest.raises(ValueError, match="merge_lora folded them"):
+        sft.save_adapter(reloaded, tmp_path / "after-merge")
+    assert not (tmp_path / "after-merge").exists()
 
 
 @pytest.mark.parametrize("flags, capability, native", [

@@ -31,6 +31,7 @@ __all__ = [
     "CheckFailure",
     "quiet",
     "expect",
+    "first_difference",
     "call",
     "as_int",
     "as_float",
@@ -117,6 +118,33 @@ def _cells(tb) -> list[str]:
 def _short(value: Any, limit: int = 300) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_difference(want: Any, got: Any, *, context: int = 4) -> tuple[str, str, str] | None:
+    """Where two arrays of the same shape first differ, as ``(where, expected, found)`` windows.
+
+    A wall of 40 ``-100`` in "expected" and "found" hides the one position that matters;
+    this names it (``row 1, position 23``) and shows ``context`` values either side, the
+    differing one marked ``>7<``. None when the shapes differ or nothing does.
+    """
+    a, b = _np_asarray(want), _np_asarray(got)
+    if a.shape != b.shape or a.ndim == 0:
+        return None
+    diff = _np_asarray(a != b)
+    if not diff.any():
+        return None
+    first = [int(i) for i in np.argwhere(diff)[0]]
+    *row, pos = first
+    lo, hi = max(0, pos - context), min(a.shape[-1], pos + context + 1)
+
+    def window(x) -> str:
+        values = x[tuple(row)] if row else x
+        cells = [f">{values[i]}<" if i == pos else str(values[i]) for i in range(lo, hi)]
+        return "[" + ("..., " if lo > 0 else "") + ", ".join(cells) + (", ..." if hi < a.shape[-1] else "") + "]"
+
+    where = (f"row {row[0]}, " if len(row) == 1 else f"index {tuple(row)}, " if row else "") + \
+        f"position {pos} of {a.shape[-1]}"
+    return where, window(a), window(b)
 
 
 def expect(condition: bool, what: str, expected: Any = None, found: Any = None, hint: str | None = None) -> None:

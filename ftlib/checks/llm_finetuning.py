@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ftlib import sft as reference
-from ftlib.checks._common import CheckFailure, as_float, call, expect, quiet
+from ftlib.checks._common import CheckFailure, as_float, call, expect, first_difference, quiet
 from ftlib.checks._remote import observe
 
 __all__ = ["check_build_sft_example", "check_collate_sft", "check_causal_lm_loss", "check_score_choices",
@@ -98,7 +98,7 @@ def check_build_sft_example(build_sft_example, *, thorough: bool = False) -> Non
                     hint = "Cut the prompt's tokens from the start so that prompt + answer fit in max_length."
                 elif got["input_ids"][-len(answer):] != answer:
                     hint = ("The sequence should end with the completion's tokens and the end-of-turn token "
-                            "(tokenizer.eos_token_id here); truncation must never cut them.")
+                            "(end_of_turn_id(tokenizer)); truncation must never cut them.")
                 elif tok.decode(got["input_ids"]).startswith("<|im_start|>system\nYou are a helpful AI"):
                     hint = ("That is the template's default system prompt: pass the messages of "
                             "sft.chat_messages(prompt), which start with the short system turn.")
@@ -186,20 +186,28 @@ def check_collate_sft(collate_sft, *, thorough: bool = False) -> None:
             if not torch.equal(got["input_ids"], want["input_ids"]):
                 left = torch.equal(got["input_ids"][0, -len(batch_examples[0]["input_ids"]):],
                                    torch.tensor(batch_examples[0]["input_ids"]))
-                raise CheckFailure("input_ids are not right-padded with pad_token_id.", want["input_ids"].tolist(),
-                                   got["input_ids"].tolist(),
+                where, expected, found = _differ(want["input_ids"], got["input_ids"])
+                raise CheckFailure(f"input_ids are not right-padded with pad_token_id (first differ at {where}).",
+                                   expected, found,
                                    "For training, pad on the right: real tokens first." if left else
                                    "Append pad_token_id after each sequence up to the longest one.")
-            expect(torch.equal(got["attention_mask"], want["attention_mask"]),
-                   "attention_mask should be 1 on real tokens and 0 on padding.", want["attention_mask"].tolist(),
-                   got["attention_mask"].tolist())
+            if not torch.equal(got["attention_mask"], want["attention_mask"]):
+                where, expected, found = _differ(want["attention_mask"], got["attention_mask"])
+                raise CheckFailure("attention_mask should be 1 on real tokens and 0 on padding "
+                                   f"(first differ at {where}).", expected, found)
             if not torch.equal(got["labels"], want["labels"]):
                 masked_eot = bool(((want["labels"] == tok.pad_token_id) & (got["labels"] == _IGNORE)).any())
+                where, expected, found = _differ(want["labels"], got["labels"])
                 raise CheckFailure(
-                    "labels are wrong.", want["labels"].tolist(), got["labels"].tolist(),
+                    f"labels are wrong (first differ at {where}).", expected, found,
                     "The pad token is also the end-of-turn token here (as in SmolLM2): mask padding by position "
                     "(where you added it), not by token id, or the model never learns to stop." if masked_eot else
                     "Pad labels with -100 so that padding is not in the loss.")
+
+
+def _differ(want: torch.Tensor, got: torch.Tensor) -> tuple[str, str, str]:
+    """Where two (B, T) tensors first differ, with a window of each around it."""
+    return first_difference(want.numpy(), got.numpy()) or ("no position", str(want.tolist()), str(got.tolist()))
 
 
 def _loss_cases(thorough: bool) -> list[tuple[int, int, int, int]]:
@@ -410,15 +418,15 @@ def check_greedy_generate(greedy_generate, *, thorough: bool = False) -> None:
             expect(type(steps) is int and steps <= needed + 1,
                    f"Generation went on after the end of turn (prompt {prompt!r}).",
                    f"at most {needed} new tokens", f"{steps} steps",
-                   "Stop at the end-of-turn token: pass eos_token_id=tokenizer.eos_token_id to generate (the "
-                   "model's default EOS may be another token); skip_special_tokens only hides the waste.")
+                   "Stop at the end-of-turn token: pass eos_token_id=end_of_turn_id(tokenizer) to generate "
+                   "(the model's default EOS may be another token); skip_special_tokens only hides the waste.")
             if got != want:
                 if prompt in got or "<|im_start|>" in got:
                     hint = "Return only the new tokens: slice off the prompt before decoding."
                 elif "<|im_end|>" in got:
                     hint = "Decode with skip_special_tokens=True."
                 elif got.startswith(want) and len(got) > len(want):
-                    hint = ("Stop at the end-of-turn token: pass eos_token_id=tokenizer.eos_token_id to generate "
+                    hint = ("Stop at the end-of-turn token: pass eos_token_id=end_of_turn_id(tokenizer) to generate "
                             "(or cut the reply there).")
                 else:
                     hint = "Greedy means do_sample=False: always the most likely next token."

@@ -14,7 +14,8 @@ from ftlib.train import EarlyStopping as ReferenceEarlyStopping
 from ftlib.train import evaluate as reference_evaluate
 from ftlib.train import train_one_epoch as reference_train_one_epoch
 
-__all__ = ["check_train_one_epoch", "check_evaluate", "check_EarlyStopping", "probe_train_one_epoch", "probe_evaluate"]
+__all__ = ["check_train_one_epoch", "check_evaluate", "check_EarlyStopping", "probe_train_one_epoch", "probe_evaluate",
+           "probe_EarlyStopping"]
 
 
 def _metric(result, key: str, fn_name: str) -> float:
@@ -176,22 +177,36 @@ _SEQUENCES = [
 ]
 
 
-def check_EarlyStopping(EarlyStopping, *, thorough: bool = False) -> None:  # noqa: N802 - the class's name
-    """``step(value)`` says stop exactly when the reference does; ``best_`` tracks the best value."""
+def _sequences(thorough: bool) -> list[tuple[int, float, list[float]]]:
+    return _SEQUENCES[: None if thorough else 3]
+
+
+def probe_EarlyStopping(EarlyStopping, *, thorough: bool = False) -> list[dict]:  # noqa: N802 - the class's name
+    """Where the learner's code runs: their class stepped through each sequence of losses."""
     with quiet():
-        for patience, min_delta, values in _SEQUENCES[: None if thorough else 3]:
+        observed = []
+        for patience, min_delta, values in _sequences(thorough):
             stopper = call(EarlyStopping, patience=patience, min_delta=min_delta, name="EarlyStopping")
-            reference = ReferenceEarlyStopping(patience=patience, min_delta=min_delta)
-            got, want = [], []
+            answers = []
             for v in values:
                 answer = call(stopper.step, v, name="EarlyStopping.step")
                 expect(type(answer) is bool, "step() should return True or False.", "bool", type(answer).__name__)
-                got.append(answer)
-                want.append(reference.step(v))
+                answers.append(answer)
+            observed.append({"answers": answers, "best": as_float(getattr(stopper, "best_", None), "best_")})
+        return observed
+
+
+def check_EarlyStopping(EarlyStopping, *, thorough: bool = False) -> None:  # noqa: N802 - the class's name
+    """``step(value)`` says stop exactly when the reference does; ``best_`` tracks the best value."""
+    observed = observe(probe_EarlyStopping, EarlyStopping, thorough=thorough)
+    with quiet():
+        for (patience, min_delta, values), got in zip(_sequences(thorough), observed, strict=True):
+            reference = ReferenceEarlyStopping(patience=patience, min_delta=min_delta)
+            want = [reference.step(v) for v in values]
             label = f"patience={patience}, min_delta={min_delta}, losses {values}"
-            expect(got == want, f"step() answers differ from the reference ({label}).", want, got,
-                   "An improvement must beat the best so far by MORE than min_delta; stop once `patience` epochs "
-                   "in a row brought none.")
-            best = as_float(getattr(stopper, "best_", None), "best_")
-            expect(math.isclose(best, reference.best_), f"best_ is wrong ({label}).", reference.best_, best,
-                   "best_ is the best value that counted as an improvement.")
+            expect(got["answers"] == want, f"step() answers differ from the reference ({label}).", want,
+                   got["answers"], "An improvement must beat the best so far by MORE than min_delta; stop once "
+                   "`patience` epochs in a row brought none.")
+            best = got["best"]
+            expect(type(best) is float and math.isclose(best, reference.best_), f"best_ is wrong ({label}).",
+                   reference.best_, best, "best_ is the best value that counted as an improvement.")

@@ -36,7 +36,7 @@ from ftlib.grading.notebook import (
     solution_cells,
 )
 
-__all__ = ["check_main", "check_notebook", "find_release_notebook", "format_table"]
+__all__ = ["check_main", "check_notebook", "find_release_notebook", "format_table", "format_failures"]
 
 CONFIG_FILE = "nbgrader_config.py"
 DEFAULT_RELEASE_DIR = "course"
@@ -197,7 +197,8 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
         load_setup = setup_cells(release)
     else:
         warnings.append(f"could not find the course version of this notebook ({where}); "
-                        "using the grade cells of your own notebook")
+                        "using the grade cells of your own notebook. Point at the course's release folder "
+                        "(the one holding <assignment>/<notebook>.ipynb) with --release-dir PATH")
         graded, load_setup, where = grade_cells(nb), [], path
     graded = _select(graded, exercise)
     # A released grade cell whose tests were all hidden holds only a docstring and imports.
@@ -285,6 +286,26 @@ def format_table(results: list[dict[str, Any]], *, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+_SCREEN_LINES, _SCREEN_CHARS = 24, 2400  # at most one screen per failure
+
+
+def format_failures(results: list[dict[str, Any]]) -> str:
+    """The whole message of each failed check (what was expected, found, the hint), one screen at most."""
+    blocks = []
+    for r in results:
+        if r["status"] in ("pass", "hidden"):
+            continue
+        text = str(r.get("message", "")).strip()
+        lines = text.splitlines()
+        shown = "\n".join(lines[:_SCREEN_LINES])
+        if len(shown) > _SCREEN_CHARS:
+            shown = shown[:_SCREEN_CHARS] + " ..."
+        if len(lines) > _SCREEN_LINES or len(shown) < len(text):
+            shown += f"\n... (cut; `--exercise {r['grade_id']}` runs this check alone)"
+        blocks.append(f"\n{r['grade_id']} failed:\n" + "\n".join("  " + ln for ln in shown.splitlines()))
+    return "\n".join(blocks)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ftlib check",
@@ -317,6 +338,9 @@ def check_main(argv: list[str]) -> int:
         print("No grade cells to run in this notebook.")
         return 1
     print(format_table(report["results"]))
+    details = format_failures(report["results"])
+    if details:
+        print(details)
     results = [r for r in report["results"] if r["status"] != "hidden"]
     passed = [r for r in results if r["status"] == "pass"]
     got = sum(r["points"] for r in passed)

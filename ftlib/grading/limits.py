@@ -95,16 +95,41 @@ def _pss(pid: int) -> int | None:
     return None
 
 
-def _used(procs: list[psutil.Process]) -> int:
-    """Summed PSS of ``procs`` (RSS for a process whose PSS cannot be read)."""
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss(pid: int) -> int | None:
+    # /proc/PID/statm: no walk over the mappings (smaps_rollup walks them all: a process
+    # with torch loaded has thousands, and a watcher reads it 20 times a second).
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _used(procs: list[psutil.Process], cache: dict | None = None, tick: int = 0) -> int:
+    """Summed PSS of ``procs`` (RSS for a process whose PSS cannot be read).
+
+    With a ``cache`` (pid -> (rss, pss, tick)), a process whose RSS moved by less than a
+    MiB since its PSS was read, less than 20 ticks ago, counts as that PSS plus the RSS
+    change: PSS is re-read when memory really moves, and at least once a second.
+    """
     total = 0
     for p in procs:
+        rss = _rss(p.pid) if cache is not None else None
+        seen = cache.get(p.pid) if cache is not None else None
+        if rss is not None and seen is not None and abs(rss - seen[0]) < 2**20 and tick - seen[2] < 20:
+            total += max(0, seen[1] + rss - seen[0])
+            continue
         pss = _pss(p.pid)
         if pss is None:
             try:
                 pss = p.memory_info().rss
             except psutil.Error:
                 continue
+        if cache is not None and rss is not None:
+            cache[p.pid] = (rss, pss, tick)
         total += pss
     return total
 
@@ -402,7 +427,7 @@ def watch(pid: int, finished, *, timeout: float | None = None, memory: int | Non
     root = psutil.Process(pid)
     pids_group = _pids_group_for(pid, processes)
     group = _cgroup_for(pid, memory)
-    peak, procs, tick = 0, [root], 0
+    peak, procs, tick, pss_cache = 0, [root], 0, {}
     status = "exited"
     try:
         while not finished():
@@ -413,7 +438,7 @@ def watch(pid: int, finished, *, timeout: float | None = None, memory: int | Non
                 used = group.current()
                 over = group.oom_killed()
             else:
-                used = _used(procs)
+                used = _used(procs, pss_cache, tick)
                 over = memory is not None and used > memory
             tick += 1
             peak = max(peak, used)

@@ -45,3 +45,22 @@ def test_modules_to_watch_keeps_submodules_and_the_checks_preloads():
     assert "ftlib.checks.CheckFailure" not in modules  # a class, not a module
     # What its checks build (a tiny BERT) is imported once, before the grade cells fork.
     assert "transformers.models.bert.modeling_bert" in modules
+
+
+def test_a_failed_check_shows_expected_found_and_hint_in_the_terminal(tmp_path, capsys):
+    from ftlib.grading.check import check_main
+
+    path = _learner_copy(tmp_path, "def replace_head(model, num_classes, dropout=0.0):\n    return model\n")
+    status = check_main([str(path), "--exercise", "replace_head", "--release-dir", str(ROOT / "course")])
+    out = capsys.readouterr().out
+    assert status == 1
+    details = out.split("test_replace_head_width_and_dropout failed:", 1)[1]
+    assert "expected:" in details and "found:" in details and "hint:" in details, out
+
+
+def test_a_missing_release_says_how_to_point_at_it(tmp_path, capsys):
+    from ftlib.grading.check import check_main
+
+    path = _learner_copy(tmp_path, "def replace_head(model, num_classes, dropout=0.0):\n    return model\n")
+    check_main([str(path), "--exercise", "replace_head", "--release-dir", str(tmp_path / "nowhere")])
+    assert "--release-dir PATH" in capsys.readouterr().out

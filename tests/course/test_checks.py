@@ -159,3 +159,31 @@ def test_a_forged_answer_never_passes(module, exercise, reply):
         get_check(module, exercise)(forged)
     judged_in = [entry.path for entry in info.traceback]
     assert any("ftlib/checks" in str(p) for p in judged_in), info.getrepr()
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_a_tensor_failure_names_where_the_tensors_first_differ(via):
+    """Masking padding by token id: expected and found were two identical-looking walls of -100
+    cut before the rows differ; the message names the first differing position and shows it."""
+    from ftlib.checks.llm_finetuning import check_collate_sft
+    from wrong_answers import collate_masks_pad_token_id
+
+    with pytest.raises(CheckFailure) as info:
+        check_collate_sft(_via(via, collate_masks_pad_token_id))
+    message = str(info.value)
+    assert "(first differ at row 0, position 36 of 75)" in message, message  # its first real end of turn
+    expected, found = (line for line in message.splitlines() if line.lstrip().startswith(("expected", "found")))
+    assert ">1<" in expected and ">0<" in found and len(expected) < 120, message
+
+
+def test_the_stop_token_hint_names_what_the_notebook_teaches():
+    """The notebook says `eos_token_id=end_of_turn_id(tokenizer)`; the check's hint must say the same."""
+    from pathlib import Path
+
+    from ftlib.checks.llm_finetuning import check_greedy_generate
+    from wrong_answers import generate_never_stops
+
+    notebook = Path(__file__).resolve().parents[2] / "solutions" / "09_llm_finetuning" / "09_llm_finetuning.ipynb"
+    assert "eos_token_id=end_of_turn_id(tokenizer)" in notebook.read_text(encoding="utf-8")
+    with pytest.raises(CheckFailure, match=r"eos_token_id=end_of_turn_id\(tokenizer\)"):
+        check_greedy_generate(generate_never_stops)
