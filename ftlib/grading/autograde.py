@@ -233,6 +233,7 @@ class GradingExecute(Execute):
         self._tests = dict(self.tests.get((resources or {}).get("nbgrader", {}).get("notebook"), {}))
         self._out_bytes: dict[int, int] = {}
         self._dead_at = None
+        self._current = None  # the cell being run; None until the kernel has answered
         self._locked = False
         self._stopped_after_timeout = False
         self._judge = Judge(KernelChannel(self._ask_kernel), cell_timeout=float(self.timeout or 30))
@@ -241,7 +242,7 @@ class GradingExecute(Execute):
         try:
             return super().preprocess(nb, resources, km)
         except Exception:
-            if not hasattr(self, "_current"):  # no cell ran: the kernel never answered
+            if self._current is None:  # no cell ran: the kernel never answered
                 self._events["kernel_start_failed"] = True
             raise
         finally:

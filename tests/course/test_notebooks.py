@@ -16,6 +16,17 @@ NAMES = assignments()
 # catches a hang.
 CELL_TIMEOUT_S = 900
 MEMORY_MB = 1536  # Binder gives about 2 GB
+# Notebook 09 fine-tunes SmolLM2 in bf16 where the CPU computes it natively, else in fp32: its
+# weights and activations then take twice the bytes. Measured on an Intel Xeon without
+# avx512_bf16 or AMX (2026-12-06): 1,672-1,722 MB, the code before and after issue 22 alike;
+# still under Binder's 2 GB.
+FP32_LLM_MEMORY_MB = 1850
+
+
+def _memory_limit_mb(name: str) -> int:
+    from ftlib import sft
+
+    return FP32_LLM_MEMORY_MB if name.startswith("09_") and not sft.bf16_is_native() else MEMORY_MB
 
 
 def _cells(path):
@@ -74,7 +85,8 @@ def test_solution_notebook_runs_clean_within_memory(name):
     assert not errors(nb)
     noisy = {gid: [o for o in outs if o.get("name") == "stderr"] for gid, outs in grade_cell_outputs(nb).items()}
     assert not any(noisy.values()), f"stderr in grade cells zeroes them: {noisy}"
-    assert peak_mb < MEMORY_MB, f"{name} peaked at {peak_mb:.0f} MB"
+    limit = _memory_limit_mb(name)
+    assert peak_mb < limit, f"{name} peaked at {peak_mb:.0f} MB (limit {limit} MB on this CPU)"
 
 
 @pytest.mark.slow
