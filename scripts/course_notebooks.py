@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import time
 from pathlib import Path
 
@@ -33,7 +34,9 @@ _PEAK_CELL = ("import resource as _r\n"
               "    _p = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
               "except (OSError, IndexError):\n"
               "    _p = _r.getrusage(_r.RUSAGE_SELF).ru_maxrss\n"
-              "print('FTLIB_PEAK_KB', _p)")
+              "import sys as _s\n"
+              "_s.stdout.write(f'FTLIB_PEAK_KB={_p}\\n')\n"
+              "_s.stdout.flush()")
 
 
 def assignments() -> list[str]:
@@ -85,12 +88,18 @@ def run_notebook(path: str | os.PathLike, *, timeout: int = 600, env: dict | Non
         start = time.perf_counter()
         client.execute()
         seconds = time.perf_counter() - start
-    peak_kb = 0
-    last = nb.cells.pop()
-    for out in last.get("outputs", []):
-        if out.get("name") == "stdout" and "FTLIB_PEAK_KB" in out.get("text", ""):
-            peak_kb = int(out["text"].split()[-1])
+    peak_kb = peak_kb_from(nb.cells.pop().get("outputs", []))
     return nb, seconds, peak_kb / 1024
+
+
+def peak_kb_from(outputs: list) -> int:
+    """The peak the last cell printed. The kernel may split one write over several stream
+    messages (CI once saw 'FTLIB_PEAK_KB' and the number arrive apart), so join them first."""
+    text = "".join(out.get("text", "") for out in outputs if out.get("name") == "stdout")
+    found = re.search(r"FTLIB_PEAK_KB[= ]+(\d+)", text)
+    if found is None:
+        raise RuntimeError(f"the notebook's last cell did not print its peak memory; it printed {text!r}")
+    return int(found.group(1))
 
 
 @functools.lru_cache(maxsize=None)

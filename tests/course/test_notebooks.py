@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from ftlib.checks import ASSIGNMENTS, EXERCISES
-from course_notebooks import (ROOT, assignments, errors, executed_solution, grade_cell_outputs, release_notebook,
-                              solution_notebook, validate_notebook)
+from course_notebooks import (ROOT, assignments, errors, executed_solution, grade_cell_outputs, peak_kb_from,
+                              release_notebook, solution_notebook, validate_notebook)
 
 NAMES = assignments()
 # Running time is measured by scripts/measure_notebooks.py (target: 180 s each on 2 cores),
@@ -27,6 +27,15 @@ def _memory_limit_mb(name: str) -> int:
     from ftlib import sft
 
     return FP32_LLM_MEMORY_MB if name.startswith("09_") and not sft.bf16_is_native() else MEMORY_MB
+
+
+def test_the_peak_is_read_when_the_kernel_splits_its_line_over_stream_messages():
+    # CI saw "FTLIB_PEAK_KB" and the number arrive as two stdout outputs (stop 27).
+    split = [{"output_type": "stream", "name": "stdout", "text": "FTLIB_PEAK_KB"},
+             {"output_type": "stream", "name": "stdout", "text": "=1234567\n"}]
+    assert peak_kb_from(split) == 1234567
+    with pytest.raises(RuntimeError, match="did not print its peak memory"):
+        peak_kb_from([{"output_type": "stream", "name": "stderr", "text": "FTLIB_PEAK_KB=1"}])
 
 
 def _cells(path):
