@@ -237,13 +237,18 @@ def _fit_batch(batch: dict) -> dict:
 class make_sft_loader:
     """Batches of SFT examples for ``fit``: right-padded, then as :class:`SFTModel` wants them.
 
-    Shuffled batches are drawn from pools of similar length (less padding) with a seeded
-    order; ``len()`` is the number of batches. With ``max_tokens``, a batch also stops
-    growing before its padded size (rows x longest row) passes that many tokens: the
-    memory of a training step follows the tokens in the batch, and a few long examples
-    would otherwise set the peak of the whole run. Lengths are padded up to a multiple of
-    ``pad_to_multiple_of`` (see :func:`pad_to_multiple`). A class, not a generator, so that
-    each epoch iterates afresh.
+    Examples are grouped by length, rounded up to a multiple of ``pad_to_multiple_of``
+    tokens (16 when it is None), and a batch holds one group's examples only: padding costs
+    less than 16 tokens a row. Each group is cut into batches of ``batch_size`` rows, or
+    fewer where ``max_tokens`` says so: rows x rounded length stays within ``max_tokens``
+    (one row at least), since the memory of a training step follows the tokens in its batch
+    and a few long examples would otherwise set the peak of the whole run. So
+    ``batch_size=4, max_tokens=128`` gives two rows of up to 64 tokens, or one longer row.
+
+    With ``shuffle``, every epoch shuffles the examples within each group and the order of
+    all batches (seeded). The number of batches depends on the lengths only: ``len()`` is the
+    same in every epoch, and :meth:`batch_sizes` says how many batches have how many rows.
+    A class, not a generator, so that each epoch iterates afresh.
     """
 
     def __init__(self, examples: Sequence[dict], pad_token_id: int, *, batch_size: int = 8,
@@ -251,45 +256,50 @@ class make_sft_loader:
                  pad_to_multiple_of: int | None = 16) -> None:
         if not examples:
             raise ValueError("make_sft_loader needs at least one example.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         self.examples, self.pad_token_id, self.batch_size = list(examples), pad_token_id, batch_size
         self.shuffle, self.max_tokens, self._rng = shuffle, max_tokens, random.Random(seed)
         self.multiple = pad_to_multiple_of
-        self._plan: list[list[int]] | None = None
+        width = pad_to_multiple_of or 16
+        groups: dict[int, list[int]] = {}
+        for i in sorted(range(len(self.examples)), key=lambda i: len(self.examples[i]["input_ids"])):
+            length = len(self.examples[i]["input_ids"])
+            groups.setdefault(length + (-length) % width, []).append(i)
+        self._groups = groups  # rounded length -> indices, shortest first
+
+    def _rows(self, rounded_length: int) -> int:
+        if self.max_tokens is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.max_tokens // rounded_length))
 
     def __len__(self) -> int:
-        if self._plan is None:
-            self._plan = self._batches()  # the next epoch's batches, drawn now so len() is exact
-        return len(self._plan)
+        return sum(-(-len(group) // self._rows(length)) for length, group in self._groups.items())
 
-    def _split(self, chunk: list[int]) -> list[list[int]]:
-        """Cut indices sorted by length into batches of batch_size rows and max_tokens."""
-        batches, current = [], []
-        for i in chunk:
-            length = len(self.examples[i]["input_ids"])
-            length += (-length) % self.multiple if self.multiple else 0  # as padded
-            full = len(current) == self.batch_size
-            over = self.max_tokens is not None and (len(current) + 1) * length > self.max_tokens
-            if current and (full or over):
-                batches.append(current)
-                current = []
-            current.append(i)
-        return batches + [current]
+    def batch_sizes(self) -> dict[int, int]:
+        """Rows per batch -> how many batches have that many rows (the same every epoch)."""
+        counts: dict[int, int] = {}
+        for length, group in self._groups.items():
+            rows = self._rows(length)
+            for start in range(0, len(group), rows):
+                size = min(rows, len(group) - start)
+                counts[size] = counts.get(size, 0) + 1
+        return dict(sorted(counts.items()))
 
     def _batches(self) -> list[list[int]]:
-        order = list(range(len(self.examples)))
-        if not self.shuffle:
-            return self._split(sorted(order, key=lambda i: len(self.examples[i]["input_ids"])))
-        self._rng.shuffle(order)
-        pool = 16 * self.batch_size
         batches = []
-        for start in range(0, len(order), pool):
-            batches += self._split(sorted(order[start:start + pool], key=lambda i: len(self.examples[i]["input_ids"])))
-        self._rng.shuffle(batches)
+        for length, group in self._groups.items():
+            group = list(group)
+            if self.shuffle:
+                self._rng.shuffle(group)
+            rows = self._rows(length)
+            batches += [group[start:start + rows] for start in range(0, len(group), rows)]
+        if self.shuffle:
+            self._rng.shuffle(batches)
         return batches
 
     def __iter__(self) -> Iterable[dict]:
-        plan, self._plan = (self._plan or self._batches()), None
-        for indices in plan:
+        for indices in self._batches():
             batch = collate_sft([self.examples[i] for i in indices], self.pad_token_id)
             yield _fit_batch(pad_to_multiple(batch, self.multiple, self.pad_token_id))
 

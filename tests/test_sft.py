@@ -101,7 +101,8 @@ def test_sft_model_projects_only_labelled_positions_and_fit_sees_the_same_loss(t
 
 
 def test_lengths_padded_to_a_multiple_of_16_change_neither_logits_nor_labels(tok, lm):
-    examples = [sft.build_sft_example(tok, p, c, 256) for p, c in [("a", "yes"), ("bcdefgh", "no"), ("xy", "ok")]]
+    # 62, 63 and 62 tokens: one group of the loader (rounded up to 64)
+    examples = [sft.build_sft_example(tok, p, c, 256) for p, c in [("a", "yes"), ("bcd", "no"), ("xy", "ok")]]
     [exact] = list(sft.make_sft_loader(examples, IM_END, batch_size=3, pad_to_multiple_of=None))
     [padded] = list(sft.make_sft_loader(examples, IM_END, batch_size=3))
     width = exact["input_ids"].shape[1]
@@ -124,8 +125,29 @@ def test_loader_is_seeded_and_covers_every_example_once(tok):
     examples = [sft.build_sft_example(tok, "x" * i, "y", 256) for i in range(1, 20)]
     first = [b["input_ids"].shape for b in sft.make_sft_loader(examples, IM_END, batch_size=4, shuffle=True, seed=1)]
     again = [b["input_ids"].shape for b in sft.make_sft_loader(examples, IM_END, batch_size=4, shuffle=True, seed=1)]
-    assert first == again and len(first) == 5
+    assert first == again
     assert sum(s[0] for s in first) == len(examples)
+
+
+def test_loader_length_is_the_same_in_every_epoch_and_said_before_the_first(tok):
+    # Notebook 09 printed "186 steps" after a progress bar of 187/187: len() drew the next
+    # epoch's plan, whose count differed; fit's schedule (epochs x len) was off the same way.
+    examples = [sft.build_sft_example(tok, "x" * n, "y", 512) for n in [1, 2, 3, 4, 5, 9, 12, 14, 20, 27, 30, 41] * 11]
+    for seed in range(5):
+        loader = sft.make_sft_loader(examples, IM_END, batch_size=4, shuffle=True, seed=seed, max_tokens=128)
+        announced = len(loader)
+        epochs = []
+        for _ in range(4):
+            epochs.append([b["input_ids"].shape for b in loader])
+            assert len(loader) == len(epochs[-1]) == announced, f"seed {seed}: len() changed between epochs"
+    assert len({tuple(e) for e in epochs}) > 1, "shuffled epochs should differ in order"
+    sizes = loader.batch_sizes()
+    assert sum(sizes.values()) == announced and sum(k * v for k, v in sizes.items()) == len(examples)
+    assert all(rows * width <= 128 or rows == 1 for e in epochs for rows, width in e)
+    # One group per batch: no row is padded by 16 tokens or more.
+    batch = next(iter(loader))
+    lengths = batch["attention_mask"].sum(1)
+    assert int(lengths.max() - lengths.min()) < 16
 
 
 def test_score_choices_sums_the_choice_tokens_log_probs_in_eval_mode(tok, lm):

@@ -71,22 +71,46 @@ def _label(completion: str, max_length: int) -> str:
     return f"completion {completion!r}, max_length {max_length}"
 
 
-def probe_build_sft_example(build_sft_example, *, thorough: bool = False) -> list[dict]:
-    """Where the learner's code runs: their example for each case, as lists of ints."""
+# The answer ("positive" and the end of turn) alone takes more than 3 tokens: no room for the prompt.
+_NO_ROOM = ("Is this review positive or negative?\n\nReview: a fine film.", "positive", 3)
+
+
+def _text(err: BaseException) -> str:
+    try:
+        return str(err)
+    except Exception:  # a learner's exception whose __str__ fails
+        return f"<{type(err).__name__}>"
+
+
+def probe_build_sft_example(build_sft_example, *, thorough: bool = False) -> dict:
+    """Where the learner's code runs: their example for each case, as lists of ints, and what
+    a max_length too small for any prompt token did."""
     tok = _tokenizer()
     with quiet():
-        return [_example(call(build_sft_example, tok, prompt, completion, max_length, name="build_sft_example"),
-                         _label(completion, max_length))
-                for prompt, completion, max_length in _sft_cases(thorough)]
+        examples = [_example(call(build_sft_example, tok, prompt, completion, max_length, name="build_sft_example"),
+                             _label(completion, max_length))
+                    for prompt, completion, max_length in _sft_cases(thorough)]
+        try:
+            result = build_sft_example(tok, *_NO_ROOM)
+        except ValueError as err:
+            no_room = {"kind": "ValueError", "message": _text(err)}
+        except Exception as err:
+            no_room = {"kind": "other", "found": f"{type(err).__name__}: {_text(err)}"}
+        else:
+            ids = result.get("input_ids") if isinstance(result, dict) else None
+            no_room = {"kind": "returned", "length": len(ids) if isinstance(ids, list) else None}
+    return {"examples": examples, "no_room": no_room}
 
 
 def check_build_sft_example(build_sft_example, *, thorough: bool = False) -> None:
     """Chat template with the short system turn, labels -100 on the prompt, end of turn labelled, left cut."""
     observed = observe(probe_build_sft_example, build_sft_example, thorough=thorough)
+    expect(isinstance(observed, dict) and {"examples", "no_room"} <= set(observed),
+           "The check could not read what build_sft_example returned.", "examples", type(observed).__name__)
     tok = _tokenizer()
     eot = reference.end_of_turn_id(tok)
     with quiet():
-        for (prompt, completion, max_length), got in zip(_sft_cases(thorough), observed, strict=True):
+        for (prompt, completion, max_length), got in zip(_sft_cases(thorough), observed["examples"], strict=True):
             label = _label(completion, max_length)
             got = _example(got, label)
             want = reference.build_sft_example(tok, prompt, completion, max_length)
@@ -122,6 +146,19 @@ def check_build_sft_example(build_sft_example, *, thorough: bool = False) -> Non
                 else:
                     hint = "The labels of the completion and end-of-turn tokens are the tokens themselves."
                 raise CheckFailure(f"labels are wrong ({label}).", want["labels"], got["labels"], hint)
+        _, completion, max_length = _NO_ROOM
+        no_room = observed["no_room"]
+        expect(isinstance(no_room, dict) and no_room.get("kind") in ("ValueError", "other", "returned"),
+               "The check could not read what build_sft_example did with a max_length too small.", "a report",
+               no_room)
+        if no_room["kind"] != "ValueError":
+            found = (no_room.get("found") if no_room["kind"] == "other"
+                     else f"an example of {no_room.get('length')} tokens, no error")
+            raise CheckFailure(f"With {_label(completion, max_length)}, the answer and its end of turn alone do not "
+                               f"fit: build_sft_example should raise ValueError, as its docstring says.",
+                               "ValueError", found,
+                               "Check the room left for the prompt (max_length minus the answer's tokens) before "
+                               "cutting: with room 0, prompt[-0:] is the whole prompt, not none of it.")
 
 
 def _collate_inputs(tok):

@@ -654,6 +654,14 @@ def sft_cuts_the_completion(tokenizer, prompt, completion, max_length):
             "labels": ([-100] * len(context) + answer)[:max_length]}
 
 
+def sft_never_refuses(tokenizer, prompt, completion, max_length):
+    # The reference without its ValueError: with no room, [-room:] keeps part of the prompt anyway.
+    answer = _answer_tokens(tokenizer, completion)
+    context = _prompt_tokens(tokenizer, prompt)[-(max_length - len(answer)):]
+    return {"input_ids": context + answer, "attention_mask": [1] * (len(context) + len(answer)),
+            "labels": [-100] * len(context) + answer}
+
+
 def sft_default_system_prompt(tokenizer, prompt, completion, max_length):
     answer = _answer_tokens(tokenizer, completion)
     context = _prompt_tokens(tokenizer, prompt, [{"role": "user", "content": prompt}])[-(max_length - len(answer)):]
@@ -810,6 +818,7 @@ WRONG_LLM = {
     "build_sft_example": [("loss on the prompt", sft_loss_on_prompt), ("no end-of-turn token", sft_no_end_of_turn),
                           ("end of turn masked out", sft_end_of_turn_masked),
                           ("truncation cuts the completion", sft_cuts_the_completion),
+                          ("no ValueError when the prompt cannot fit", sft_never_refuses),
                           ("the template's default system prompt", sft_default_system_prompt),
                           ("no chat template", sft_no_template)],
     "collate_sft": [("left padding during training", collate_left_padding),
