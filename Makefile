@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # nbgrader runs programs from the environment (alembic) when it creates a gradebook.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-fast test-browser test-binder lab course course-check measure-notebooks bench clean
+.PHONY: setup demo test test-fast test-browser test-binder lab learner-config lab-instructor course course-check measure-notebooks bench clean
 
 setup: $(STAMP) .stamp-debian
 
@@ -54,8 +54,18 @@ test-binder: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
-lab: setup
-	$(BIN)/jupyter lab --notebook-dir=course
+# The learner's JupyterLab: nbgrader's Validate button, without the instructor's panels and menu
+# (the same settings as Binder's, written into a config folder of the environment, so that an
+# instructor's own Jupyter settings are left alone). `make lab-instructor` has everything.
+LEARNER_JUPYTER := $(VENV)/etc/ftlib-learner-jupyter
+learner-config: setup
+	JUPYTER_CONFIG_DIR=$(abspath $(LEARNER_JUPYTER)) bash binder/learner-extensions.sh user >/dev/null
+
+lab: learner-config
+	JUPYTER_CONFIG_DIR=$(abspath $(LEARNER_JUPYTER)) $(BIN)/jupyter lab --notebook-dir=course
+
+lab-instructor: setup
+	$(BIN)/jupyter lab
 
 # Regenerate the learner notebooks (course/) from the instructor sources (solutions/).
 course: setup

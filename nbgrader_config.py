@@ -16,3 +16,7 @@ c.CourseDirectory.release_directory = "course"
 # Seconds per cell during autograding. Set on Execute: other spellings are silently ignored.
 # Course cells fine-tune small models on a CPU, so allow minutes, not seconds.
 c.Execute.timeout = 600
+
+# What nbgrader leaves out of a release and of a submission: its defaults, and runs/, where the
+# notebooks and `ftlib finetune` keep what a learner trains (notebook 09's adapter, tens of MB).
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "runs"]

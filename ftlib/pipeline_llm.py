@@ -4,9 +4,13 @@ A chat model is fine-tuned to answer an instruction about each example ("Is this
 review positive or negative?" -> "positive"), with the data set's own labels as the
 answers. Its accuracy is measured the same way before training (zero-shot: the instruct
 model as it comes) and after, by the likelihood of each answer (``ftlib.sft``). The run
-writes ``metrics.json`` (the classifier job's schema plus ``zero_shot``, ``precision``
-and ``trainable_parameters``), ``learning_curves.png``, ``confusion_matrix.png``,
+writes ``metrics.json`` (the classifier job's schema plus ``zero_shot``, ``precision``,
+``trainable_parameters`` and ``forgetting``), ``learning_curves.png``, ``confusion_matrix.png``,
 ``generations.json`` (greedy replies before and after) and ``adapter/`` (LoRA only).
+
+``forgetting`` is the other side of the trade (:func:`ftlib.forgetting.generative_forgetting`):
+the replies to a few general prompts (a fact, a haiku, a spam question...) before and after,
+and the perplexity of the base model's replies under the fine-tuned model.
 """
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     from ftlib.data import load_dataset, split_dataset
     from ftlib.devices import default_device
     from ftlib.evaluate import held_out_metrics
+    from ftlib.forgetting import general_replies, generative_forgetting
     from ftlib.models import count_parameters, get_model_spec, load_causal_lm
     from ftlib.optim import adamw
     from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
@@ -113,6 +118,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
 
     shown = test_prompts[:6]
     before = sft.generate(model, tokenizer, shown, max_new_tokens=12)
+    general = general_replies(model, tokenizer)  # the base model, before any adapter: what it says in general
     zero_shot = accuracy_on_test()
     log(f"[3/7] Zero-shot (the instruct model as it comes, answer chosen by likelihood): test accuracy "
         f"{zero_shot['accuracy']:.4f}, macro F1 {zero_shot['macro_f1']:.4f}")
@@ -154,9 +160,17 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
 
     test = accuracy_on_test()
     after = sft.generate(model, tokenizer, shown, max_new_tokens=12)
+    forgetting = generative_forgetting(model, tokenizer, general)
     low, high = test["accuracy_95ci"]
     log(f"[7/7] Test (fine-tuned, {test['num_examples']} examples): accuracy {test['accuracy']:.4f} (95% CI "
         f"{low:.3f}-{high:.3f}), macro F1 {test['macro_f1']:.4f}; zero-shot was {zero_shot['accuracy']:.4f}")
+    same = sum(b == a for b, a in zip(forgetting["replies_before"], forgetting["replies_after"]))
+    ratio = forgetting["perplexity_after"] / forgetting["perplexity_before"]
+    verdict = ("higher: the fine-tuned model drifted from what it said before" if ratio > 1.05 else
+               "lower: the fine-tuned model is surer still of what it said before" if ratio < 1 / 1.05 else
+               "about the same: the fine-tuned model would still say what it said before")
+    log(f"      general prompts: {same} of {len(forgetting['prompts'])} replies unchanged; perplexity of the base "
+        f"model's replies {forgetting['perplexity_before']:.1f} -> {forgetting['perplexity_after']:.1f} ({verdict})")
 
     if cfg.technique == "lora":
         sft.save_adapter(model, out / "adapter")
@@ -172,7 +186,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         "precision": precision, "deterministic": cfg.deterministic, "train_seconds": train_seconds, "train_tokens_per_second": tokens / train_seconds,
         "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "allocator": allocator(), **device_report(), "class_names": raw.class_names, "answers": answers,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "forgetting": forgetting,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     save_run_plots(history, test, raw.class_names, out)

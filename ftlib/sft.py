@@ -25,7 +25,9 @@ It does not pack sequences or train on multi-turn chats; TRL does both, for GPUs
 """
 from __future__ import annotations
 
+import contextlib
 import random
+import warnings
 from typing import Iterable, Sequence
 
 import torch
@@ -304,6 +306,15 @@ class make_sft_loader:
             yield _fit_batch(pad_to_multiple(batch, self.multiple, self.pad_token_id))
 
 
+@contextlib.contextmanager
+def _peft_calls():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: a FutureWarning that
+    is theirs, not the learner's, shown in every notebook that adds LoRA. Silence that one only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def add_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
              target_modules: str | list[str] = "all-linear"):
     """Wrap ``model`` with LoRA adapters (peft) and freeze everything else.
@@ -321,7 +332,8 @@ def add_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float =
         raise ValueError(f"r (the LoRA rank) must be a positive integer; got {r!r}.")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with _peft_calls():
+        return get_peft_model(model, config)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -336,7 +348,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def save_adapter(model: nn.Module, path) -> None:
-    """Save the adapter only (a few MB): ``adapter_config.json`` + ``adapter_model.safetensors``.
+    """Save the adapter only: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+    Small next to the model: ``r x (d_in + d_out)`` fp32 numbers per adapted layer (for
+    SmolLM2-135M at r=16 on every linear layer, a few percent of the fp32 weights' bytes).
 
     Refuses a peft model whose adapters `merge_lora` has already folded into the base
     weights: peft would write an adapter with no tensors, which loads as "no change".
@@ -354,7 +369,8 @@ def load_adapter(model: nn.Module, path, *, trainable: bool = False):
     """Put the adapter saved at ``path`` on top of ``model`` (the same base weights)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    with _peft_calls():
+        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 
 class _eval_mode:

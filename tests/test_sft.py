@@ -198,6 +198,18 @@ def test_lora_trains_only_the_adapters_on_every_linear_layer(tok, lm):
             assert torch.equal(p.cpu(), before[n.replace("base_model.model.", "").replace(".base_layer", "")])
 
 
+def test_adding_and_loading_an_adapter_shows_the_learner_no_library_warning(tmp_path):
+    # peft read transformers' deprecated is_gradient_checkpointing: a pink FutureWarning under
+    # every LoRA cell of notebook 09 (make lab, nbconvert), about code the learner never wrote.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = sft.add_lora(load_causal_lm("tiny-llama")[0], r=2, alpha=4)
+        sft.save_adapter(model, tmp_path / "adapter")
+        sft.load_adapter(load_causal_lm("tiny-llama")[0], tmp_path / "adapter")
+
+
 def test_adapter_save_load_and_merge_give_identical_outputs(tok, tmp_path):
     torch.manual_seed(0)
     base = load_causal_lm("tiny-llama")[0]

@@ -35,6 +35,12 @@ def test_finetune_writes_metrics_generations_curves_and_the_adapter(tmp_path):
     assert saved["test"]["num_examples"] == saved["zero_shot"]["num_examples"] == 6
     generations = json.loads((tmp_path / "generations.json").read_text())
     assert generations and {"prompt", "answer", "before", "after"} <= set(generations[0])
+    forgetting = saved["forgetting"]  # general prompts before and after: what fine-tuning cost
+    assert {"prompts", "replies_before", "replies_after", "unchanged", "nll_before", "nll_after",
+            "perplexity_before", "perplexity_after"} <= set(forgetting)
+    assert 0 <= forgetting["unchanged"] <= 1 and forgetting["nll_before"] > 0 and forgetting["nll_after"] > 0
+    assert len(forgetting["replies_before"]) == len(forgetting["replies_after"]) == len(forgetting["prompts"])
+    assert any(line.strip().startswith("general prompts:") for line in lines)
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "learning_curves.png").exists()
     assert metrics["out"] == str(tmp_path)

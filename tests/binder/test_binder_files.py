@@ -97,3 +97,30 @@ def test_start_sets_quiet_offline_defaults_and_runs_the_command():
     assert "LD_PRELOAD=libother.so" in out.splitlines()
     # exec "$@": the exit status is the command's.
     assert subprocess.run([str(BINDER / "start"), "sh", "-c", "exit 7"]).returncode == 7
+
+
+def test_make_lab_shows_learners_validate_but_not_the_instructors_panels(tmp_path):
+    """`make lab` showed nbgrader's Create Assignment panel and Nbgrader menu to learners."""
+    import shutil
+
+    jupyter = Path(sys.executable).with_name("jupyter")
+    if shutil.which("make") is None or not jupyter.exists():
+        pytest.skip("needs make and the environment's jupyter")
+    conf = tmp_path / "learner"
+    subprocess.run(["make", "-s", "-C", str(ROOT), "learner-config", f"LEARNER_JUPYTER={conf}"], check=True,
+                   capture_output=True)
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(conf)}
+
+    def listing(*what):
+        out = subprocess.run([str(jupyter), *what, "list"], env=env, capture_output=True, text=True, check=True)
+        return re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+
+    lab = listing("labextension")
+    disabled = lab.split("Disabled extensions:", 1)[1]
+    for plugin in ("create-assignment", "formgrader", "menu"):
+        assert f"@jupyter/nbgrader:{plugin}" in disabled, lab
+    assert "validate-assignment" not in disabled, lab
+    server = listing("server", "extension")
+    user_level = server.split(str(conf), 1)[1].split("config dir:", 1)[0]
+    assert re.search(r"nbgrader\.server_extensions\.formgrader disabled", user_level), server
+    assert "validate_assignment disabled" not in server, server
