@@ -37,7 +37,7 @@ _EXPORTS = {
     "set_frozen_batchnorm_eval": "freezing", "recalibrate_batchnorm": "freezing", "GradualUnfreezing": "freezing",
     "freeze_bottom": "freezing", "trainable_summary": "freezing",
     "param_groups": "optim", "adamw": "optim", "make_scheduler": "optim", "lr_range_test": "optim",
-    "fit": "train", "train_one_epoch": "train", "evaluate": "train", "EarlyStopping": "train",
+    "fit": "train", "train_one_epoch": "train", "EarlyStopping": "train",
     "HeldOutTest": "evaluate", "confusion_matrix": "evaluate", "macro_f1": "evaluate",
     "finetune": "pipeline",
     "extract_features": "features", "fit_classifier": "features", "ProbeModel": "features",
@@ -52,4 +52,10 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name):
     if name in _EXPORTS:
         return getattr(import_module(f"ftlib.{_EXPORTS[name]}"), name)
+    if not name.startswith("_"):  # a submodule: `from ftlib import evaluate` is always the module
+        try:
+            return import_module(f"ftlib.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"ftlib.{name}":
+                raise
     raise AttributeError(f"module 'ftlib' has no attribute {name!r}")

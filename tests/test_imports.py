@@ -5,6 +5,7 @@ import machinery), so the layers stay visible: the steps and the pipelines on to
 shared core (`devices`, `progress`, `heads`, `datasets`, `batches`...) below.
 """
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,3 +104,27 @@ def test_a_cycle_through_an_import_inside_a_function_fails_the_check(tmp_path, m
     graph = import_graph()
     assert graph["ftlib.other"] == {"ftlib.low"}
     assert cycles(graph) == {frozenset({"ftlib.low", "ftlib.high"})}
+
+
+def test_no_public_name_of_ftlib_is_also_one_of_its_modules():
+    """`ftlib.evaluate` was the function train.evaluate until the submodule was imported, then the
+    module: in a process that re-imported ftlib, `from ftlib import evaluate` gave the function and
+    three wrong answers of the course "failed" their checks with an AttributeError."""
+    import ftlib
+
+    modules = {p.stem for p in Path(ftlib.__file__).parent.glob("*.py")} | {
+        p.name for p in Path(ftlib.__file__).parent.iterdir() if (p / "__init__.py").exists()}
+    assert not set(ftlib.__all__) & modules
+
+
+def test_from_ftlib_import_a_module_gives_the_module_even_after_ftlib_is_imported_afresh():
+    code = ("import inspect, sys\n"
+            "import ftlib.evaluate\n"
+            "del sys.modules['ftlib']  # as a test that re-imports the package does\n"
+            "from ftlib import evaluate\n"
+            "import ftlib.evaluate as ev\n"
+            "assert inspect.ismodule(evaluate) and evaluate is ev, (evaluate, ev)\n"
+            "from ftlib import fit\n"
+            "assert callable(fit)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

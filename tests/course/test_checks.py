@@ -70,6 +70,10 @@ def test_check_rejects_wrong_answer(module, exercise, description, wrong, via):
     with pytest.raises(CheckFailure) as info:
         get_check(module, exercise)(_via(via, wrong))
     message = str(info.value)
+    # Caught for what it gets wrong, not because it crashed: a crash comes back as "f(...) raised
+    # X: ..." with a hint, which would pass any check (issue 24: three wrong answers "failed" on an
+    # AttributeError from a name that meant two things).
+    assert " raised " not in message.splitlines()[0], message
     assert "expected" in message or "hint" in message or "not" in message, message
 
 
@@ -187,3 +191,22 @@ def test_the_stop_token_hint_names_what_the_notebook_teaches():
     assert "eos_token_id=end_of_turn_id(tokenizer)" in notebook.read_text(encoding="utf-8")
     with pytest.raises(CheckFailure, match=r"eos_token_id=end_of_turn_id\(tokenizer\)"):
         check_greedy_generate(generate_never_stops)
+
+
+def test_an_unseeded_bootstrap_is_caught_every_time_not_only_usually():
+    """Intervals of 100 or 400 booleans are coarse: two unseeded runs agreed by chance, and the
+    wrong answer passed the check in 17 of 300 tries (it compared one repeat only)."""
+    import numpy as np
+
+    from ftlib.checks.evaluate import check_bootstrap_interval
+    from wrong_answers import bootstrap_unseeded
+
+    np.random.seed(0)  # the wrong answer draws its seed from the global generator: make the run repeatable
+    passed = 0
+    for _ in range(100):
+        try:
+            check_bootstrap_interval(bootstrap_unseeded)
+            passed += 1
+        except CheckFailure as failure:
+            assert "same seed should give the same interval" in str(failure)
+    assert passed == 0, f"the unseeded bootstrap passed {passed} of 100 tries"
