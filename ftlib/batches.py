@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ftlib import arguments
+
 
 __all__ = ["prepare_images", "collate_text", "collate_images", "LengthGroupedBatchSampler", "text_lengths"]
 
@@ -87,10 +89,8 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
                  pool_batches: int = 8, generator: torch.Generator | None = None) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-        if isinstance(pool_batches, bool) or not isinstance(pool_batches, int) or pool_batches < 1:
-            raise ValueError(f"pool_batches must be a positive integer; got {pool_batches!r}.")
+        arguments.integer(batch_size, "batch_size")
+        arguments.integer(pool_batches, "pool_batches")
         self.lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.long)
         if self.lengths.ndim != 1:
             raise ValueError(f"lengths must be one number per example; got shape {tuple(self.lengths.shape)}.")

@@ -399,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, MissingDatasetError, ImportError) as err:  # ftlib.userdata.DataError too
-        print(f"ftlib {args.command}: error: {err}", file=sys.stderr)
+        from ftlib.arguments import ArgumentError
+
+        # The library names its Python argument (lr); here the user typed a flag (--lr).
+        flagged = isinstance(err, ArgumentError) and hasattr(args, err.name)
+        print(f"ftlib {args.command}: error: {err.as_flag() if flagged else err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from ftlib import arguments
+
 __all__ = ["COMPARE_DEFAULTS", "QUICK", "CompareConfig", "compare", "estimate_seconds", "summarize",
            "summary_markdown", "plot_accuracy_vs_train_size", "plot_times"]
 
@@ -111,10 +113,8 @@ class CompareConfig:
             raise ValueError(f"--train-sizes must be positive; got {cfg.train_sizes}.")
         for key in ("val_size", "test_size", "epochs", "batch_size", "max_length"):
             value = getattr(cfg, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
-        if not cfg.lr > 0:
-            raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+            arguments.integer(value, key)
+        arguments.number(cfg.lr, "lr")
         unknown = sorted(set(cfg.technique_options) - set(cfg.techniques))
         if unknown:
             raise ValueError(f"technique_options names {unknown}, which are not among the techniques compared "

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftlib import arguments
 from ftlib.heads import find_head
 
 __all__ = [
@@ -79,8 +80,7 @@ DEFAULT_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # LogisticRegression's C
 
 
 def _check_layers(layers: int) -> None:
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be a positive integer (how many of the last layers to use); got {layers!r}.")
+    arguments.integer(layers, "layers", meaning="how many of the last layers to use")
 
 
 def _batch_features(backbone: nn.Module, inputs: dict, layers: int = 1) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ftlib import arguments
 from ftlib.heads import find_head
 from ftlib.regularization import backbone_state, weight_distance
 
@@ -73,8 +74,7 @@ def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.T
     from ftlib.models import MODELS
     from ftlib.weights import sample_photos
 
-    if isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 0:
-        raise ValueError(f"num_crops must be an integer >= 0; got {num_crops!r}.")
+    arguments.integer(num_crops, "num_crops", minimum=0)
     spec = MODELS["efficientnet-lite0"]
     rng = np.random.default_rng(seed)
     _, photos = sample_photos()

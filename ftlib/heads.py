@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ftlib import arguments
+
 __all__ = ["HEAD_NAMES", "find_head", "head_in_features", "replace_head", "set_dropout"]
 
 HEAD_NAMES = ("classifier", "fc", "_fc", "head")
@@ -64,8 +66,7 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0) -> nn
       (1): Linear(in_features=64, out_features=3, bias=True)
     )
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
+    arguments.integer(num_classes, "num_classes", minimum=2)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
     name, old = find_head(model)

@@ -9,6 +9,7 @@ from functools import partial
 
 import torch
 
+from ftlib import arguments
 from ftlib.batches import LengthGroupedBatchSampler, collate_images, collate_text, text_lengths
 from ftlib.datasets import TaskData
 from ftlib.models import get_model_spec, load_tokenizer
@@ -50,8 +51,7 @@ def make_loader(
     spec = get_model_spec(model_name, allow_download=True)
     if spec.task != data.task:
         raise ValueError(f"Model {model_name!r} is a {spec.task} model but dataset {data.name!r} is a {data.task} task.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    arguments.integer(batch_size, "batch_size")
     if group_by_length is None:
         group_by_length = shuffle and data.task == "text"
     if group_by_length and data.task != "text":

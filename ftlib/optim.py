@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from ftlib import arguments
 from ftlib.freezing import layer_blocks
 from ftlib.heads import find_head
 
@@ -35,8 +36,7 @@ __all__ = [
 
 
 def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0; got {value!r}.")
+    arguments.number(value, name)
 
 
 def param_groups(

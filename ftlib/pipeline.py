@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ftlib import arguments
 from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
 
 __all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
@@ -126,20 +127,16 @@ def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConf
         value = getattr(cfg, key)
         if value is None and optional_sizes and key.endswith("_size"):
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
-    if not cfg.lr > 0:
-        raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+        arguments.integer(value, key)
+    arguments.number(cfg.lr, "lr")
     from ftlib.devices import PRECISIONS
 
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {list(PRECISIONS)}; got {cfg.precision!r}.")
+    arguments.one_of(cfg.precision, "precision", PRECISIONS)
     if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
         raise ValueError(f"--image-size must be a multiple of 32 (64, 96, 224...); got {cfg.image_size!r}.")
     from ftlib.techniques import TECHNIQUES
 
-    if cfg.technique not in TECHNIQUES:
-        raise ValueError(f"--technique must be one of {sorted(TECHNIQUES)}; got {cfg.technique!r}.")
+    arguments.one_of(cfg.technique, "technique", sorted(TECHNIQUES))
     return cfg
 
 
@@ -154,16 +151,12 @@ def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
                          f"{', '.join(INSTRUCTIONS)}.")
     if cfg.technique not in ("lora", "full"):
         raise ValueError(f"--technique for a generative model must be 'lora' or 'full'; got {cfg.technique!r}.")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32'; got {cfg.precision!r}.")
+    arguments.one_of(cfg.precision, "precision", ("auto", "bf16", "fp32"))
     if cfg.technique == "full" and cfg.lr == TASK_DEFAULTS["text generation"]["lr"]:
         cfg.lr = 2e-5  # every weight moves: a tenth of LoRA's rate
     for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer; got {value!r}.")
-    if not cfg.lr > 0:
-        raise ValueError(f"--lr must be > 0; got {cfg.lr!r}.")
+        arguments.integer(getattr(cfg, key), key)
+    arguments.number(cfg.lr, "lr")
     return cfg
 
 

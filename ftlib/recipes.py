@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftlib import arguments
 from ftlib.freezing import GradualUnfreezing, freeze_backbone, freeze_bottom, layer_blocks, unfreeze
 from ftlib.heads import find_head
 from ftlib.models import count_parameters
@@ -260,8 +261,7 @@ def train_l2sp(model, train_loader, val_loader=None, *, epochs=3, lr=1e-4, alpha
     """
     from ftlib.regularization import backbone_state, l2sp_penalty, weight_distance
 
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-        raise ValueError(f"alpha must be a number >= 0; got {alpha!r}.")
+    arguments.number(alpha, "alpha", inclusive=True)
     unfreeze(model)
     w0 = backbone_state(model)
     fit_kwargs.setdefault("weight_decay", 0.0)
@@ -287,8 +287,7 @@ def lora(model, train_loader, val_loader=None, *, epochs=3, lr=1e-3, r=8, lora_a
         raise ValueError(f"The lora technique needs a Hugging Face transformer (its attention has "
                          f"{list(target_modules)} projections); got {type(model).__name__}. Use "
                          "another technique for image models.")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r (the LoRA rank) must be a positive integer; got {r!r}.")
+    arguments.integer(r, "r", meaning="the LoRA rank")
     total_before = count_parameters(model)[1]
     head_name, _ = find_head(model)
     set_seed(seed)  # A is initialised randomly

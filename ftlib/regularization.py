@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftlib import arguments
 from ftlib.heads import find_head, set_dropout
 
 __all__ = [
@@ -39,8 +40,7 @@ __all__ = [
 
 
 def _check_alpha(alpha: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-        raise ValueError(f"alpha must be a number >= 0 (0 turns the penalty off); got {alpha!r}.")
+    arguments.number(alpha, "alpha", inclusive=True, meaning="0 turns the penalty off")
 
 
 def _head_prefix(model: nn.Module) -> str:

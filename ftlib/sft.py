@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ftlib import devices
+from ftlib import arguments, devices
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -111,8 +111,7 @@ def build_sft_example(tokenizer, prompt: str, completion: str, max_length: int) 
     >>> tok.decode([t for t in ex["labels"] if t != -100])
     'yes<|im_end|>'
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an integer >= 2; got {max_length!r}.")
+    arguments.integer(max_length, "max_length", minimum=2)
     answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
     room = max_length - len(answer)
     if room < 1:
@@ -258,8 +257,7 @@ class make_sft_loader:
                  pad_to_multiple_of: int | None = 16) -> None:
         if not examples:
             raise ValueError("make_sft_loader needs at least one example.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        arguments.integer(batch_size, "batch_size")
         self.examples, self.pad_token_id, self.batch_size = list(examples), pad_token_id, batch_size
         self.shuffle, self.max_tokens, self._rng = shuffle, max_tokens, random.Random(seed)
         self.multiple = pad_to_multiple_of
@@ -328,8 +326,7 @@ def add_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float =
     """
     from peft import LoraConfig, get_peft_model
 
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r (the LoRA rank) must be a positive integer; got {r!r}.")
+    arguments.integer(r, "r", meaning="the LoRA rank")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     with _peft_calls():

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftlib import arguments
 from ftlib.devices import default_device, logits_and_labels, make_runner, reproducible, set_seed, to_device
 from ftlib.freezing import set_frozen_batchnorm_eval
 from ftlib.progress import _progress  # features and sft show their bars through train too
@@ -217,8 +218,7 @@ class EarlyStopping:
     """
 
     def __init__(self, patience: int = 2, min_delta: float = 0.0, mode: str = "min") -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1; got {patience!r}.")
+        arguments.integer(patience, "patience")
         if min_delta < 0:
             raise ValueError(f"min_delta must be >= 0; got {min_delta!r}.")
         if mode not in ("min", "max"):
@@ -333,8 +333,7 @@ def fit(
     """
     from ftlib.optim import adamw, make_scheduler, param_groups
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer; got {epochs!r}.")
+    arguments.integer(epochs, "epochs")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a number > 0; got {lr!r}.")
     if not 0.0 <= warmup < 1.0:

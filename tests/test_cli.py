@@ -36,6 +36,9 @@ def test_datasets_lists_registry(capsys):
     (["finetune", "--task", "audio"], "invalid choice: 'audio'"),
     (["finetune", "--task", "image", "--image-size", "50"], "--image-size must be a multiple of 32"),
     (["finetune", "--train-size", "999999"], "train_size=999999 is larger"),
+    # Checked by the library, which names the Python argument; the CLI shows the flag.
+    (["finetune", "--model", "smollm2-135m", "--precision", "fp16"],
+     "--precision must be one of ['auto', 'bf16', 'fp32']; got 'fp16'."),
     (["finetune", "--model", "org/model"], "allow_download=True"),
     (["nonsense"], "invalid choice"),
 ])
@@ -176,3 +179,15 @@ def test_the_cli_caps_onednn_kernel_cache_unless_told_otherwise(monkeypatch, cap
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
     assert main(["models"]) == 0
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+
+
+def test_the_python_api_names_arguments_not_flags():
+    """finetune(lr=0) said "--lr must be > 0": a flag the Python user never typed."""
+    from ftlib.pipeline import FinetuneConfig
+
+    with pytest.raises(ValueError) as info:
+        FinetuneConfig(lr=0.0).resolved()
+    assert str(info.value) == "lr must be a number > 0; got 0.0."
+    with pytest.raises(ValueError) as info:
+        FinetuneConfig(batch_size=0).resolved()
+    assert str(info.value) == "batch_size must be a positive integer; got 0."

@@ -114,7 +114,8 @@ def test_precision_reaches_fit_from_finetune_and_compare_configs(monkeypatch):
     assert FinetuneConfig(task="image").resolved().precision == "fp32"  # where the image defaults were measured
     assert FinetuneConfig(precision="bf16").resolved().precision == "bf16"
     assert CompareConfig(precision="fp16").resolved().precision == "fp16"
-    with pytest.raises(ValueError, match="--precision must be one of"):
+    # The Python API names the argument; the CLI names the flag (tests/test_cli.py).
+    with pytest.raises(ValueError, match="^precision must be one of"):
         FinetuneConfig(precision="half").resolved()
     got = []
     monkeypatch.setattr(recipes, "fit", lambda *a, **k: got.append(k["precision"]) or train.History())

@@ -123,7 +123,7 @@ def load_model_state():
 def test_lora_refuses_image_models_and_bad_rank(tiny_cnn, tiny_bert, text_loader):
     with pytest.raises(ValueError, match="needs a Hugging Face transformer"):
         lora(tiny_cnn, make_image_loader(), None)
-    with pytest.raises(ValueError, match="rank.*positive integer; got 0"):
+    with pytest.raises(ValueError, match=r"r must be a positive integer \(the LoRA rank\); got 0"):
         lora(tiny_bert, text_loader, None, r=0)
 
 
@@ -184,7 +184,7 @@ def test_unknown_technique_and_option_errors_list_what_is_accepted(tiny_cnn):
     with pytest.raises(ValueError, match=r"Unknown technique 'magic'. Available techniques: full, partial, scratch, "
                                          r"feature-extraction, frozen, lp-ft"):
         get_technique("magic")
-    with pytest.raises(ValueError, match=r"--technique must be one of \[.*'lora'.*\]; got 'magic'"):
+    with pytest.raises(ValueError, match=r"^technique must be one of \[.*'lora'.*\]; got 'magic'"):
         FinetuneConfig(technique="magic").resolved()
     cfg = FinetuneConfig(model="tiny-cnn", technique="l2sp", epochs=1, lr=1e-3, progress=False,
                          technique_options={"rank": 4})
