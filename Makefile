@@ -77,7 +77,7 @@ course-check: setup
 measure-notebooks: setup
 	$(BIN)/python scripts/measure_notebooks.py --threads 1
 
-# Every benchmark the README quotes, one after another (about 2 hours on 2 cores);
+# Every benchmark bench/RESULTS.md records, one after another (about 2 hours on 2 cores);
 # `make bench BENCH=--list` shows the plan, BENCH=--quick or BENCH="main-job check" narrows it.
 bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH)

@@ -1,4 +1,4 @@
-"""Run every benchmark whose figures the README quotes, one after another.
+"""Run every benchmark whose figures bench/RESULTS.md records, one after another.
 
 Prints the plan and an estimate of the total time first, then, for each benchmark, the
 command that reproduces it and the figures it prints; a summary at the end says how
@@ -32,7 +32,7 @@ class Bench:
     name: str
     command: tuple[str, ...]
     minutes: float  # on an idle 2-core CPU, measured
-    figures: str  # what README's "Measured results" quotes from it
+    figures: str  # what bench/RESULTS.md records from it
 
 
 BENCHES = [
@@ -69,7 +69,7 @@ BENCHES = [
           "Fashion-MNIST data efficiency at 100 / 500 / 2,000 examples"),
     Bench("llm-finetune", (PY, "bench/llm/bench_finetune.py", "--seeds", "0", "1", "2", "--techniques", "lora",
                            "full", "--test-size", "2000"), 55,
-          "SmolLM2 zero-shot vs LoRA vs full fine-tuning over 3 seeds (README: LoRA 3 seeds, full seed 0)"),
+          "SmolLM2 zero-shot vs LoRA vs full fine-tuning over 3 seeds (RESULTS.md: LoRA 3 seeds, full seed 0)"),
     Bench("techniques-rt", ("sh", "bench/techniques/rotten_tomatoes.sh"), 60,
           "every technique on Rotten Tomatoes, seeds 0-2"),
 ]

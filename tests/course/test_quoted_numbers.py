@@ -6,13 +6,13 @@ cell's metadata, ``{"ftlib": {"quotes": {"0.761": SOURCE}}}``, where SOURCE is
 
 * ``"printed"``: the notebook's own cells print it (checked on an executed run, slow);
 * ``"code"``: it is a setting written in one of the notebook's code cells;
-* a file of the repository (``"README.md"``, ``"ftlib/recipes.py"``) or of the shared docs
+* a file of the repository (``"bench/RESULTS.md"``, ``"ftlib/recipes.py"``) or of the shared docs
   next to it: the number appears there (the measurement it reports);
 * ``"literature: ..."`` or ``"example: ..."``: a published figure or an illustrative value,
   said so in the metadata.
 
 An undeclared number fails, and so does a declared one that its source does not contain: the
-text cannot drift from the code, the README or the runs without a test saying so.
+text cannot drift from the code, the recorded measurements or the runs without a test saying so.
 """
 import json
 import re
@@ -113,9 +113,9 @@ def test_every_quoted_number_is_declared_and_its_source_holds_it(name):
 def test_the_check_catches_an_undeclared_a_wrong_and_an_unprinted_number():
     cells = [
         {"cell_type": "markdown", "id": "a", "source": "Accuracy 0.761 on 2,000 reviews.",
-         "metadata": {"ftlib": {"quotes": {"0.761": "README.md"}}}},
-        {"cell_type": "markdown", "id": "b", "source": "The README says 0.123456 somewhere.",
-         "metadata": {"ftlib": {"quotes": {"0.123456": "README.md"}}}},
+         "metadata": {"ftlib": {"quotes": {"0.761": "bench/RESULTS.md"}}}},
+        {"cell_type": "markdown", "id": "b", "source": "The results say 0.123456 somewhere.",
+         "metadata": {"ftlib": {"quotes": {"0.123456": "bench/RESULTS.md"}}}},
         {"cell_type": "markdown", "id": "c", "source": "The cell prints 12,808 and 0.58.",
          "metadata": {"ftlib": {"quotes": {"12,808": "printed", "0.58": "printed"}}}},
         {"cell_type": "code", "id": "d", "source": "print(12808)", "metadata": {}, "outputs": []},
@@ -123,7 +123,7 @@ def test_the_check_catches_an_undeclared_a_wrong_and_an_unprinted_number():
     problems = quote_problems(cells, outputs="12808 snippets\n")
     assert len(problems) == 3, problems
     assert "2,000 is quoted but not declared" in problems[0]
-    assert "0.123456 from README.md, which does not contain it" in problems[1]
+    assert "0.123456 from bench/RESULTS.md, which does not contain it" in problems[1]
     assert "0.58 as printed, but no cell printed it" in problems[2]
     # 12,808 printed as 12808 counts; so does a number in another notation of the same digits.
     assert not any("12,808" in p for p in problems)

@@ -1,0 +1,112 @@
+"""The README stays a newcomer's page, and the docs' links and commands stay true.
+
+* README.md is at most 12 KiB: measurements belong in bench/RESULTS.md, guides in docs/.
+* Every measurement-like number in README.md is one that bench/RESULTS.md records, so the
+  README cannot quote a figure no record holds (the same rule and regex as
+  tests/course/test_quoted_numbers.py, for the notebooks' quoted numbers).
+* Every relative link of README.md, docs/*.md and bench/RESULTS.md names an existing file.
+* Every `make TARGET` the README shows is a target of the Makefile.
+"""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+README_MAX_BYTES = 12_288
+
+# Numbers in README.md that are not measurements, so bench/RESULTS.md need not hold them.
+ALLOWED = {
+    "3.11": "the Python version the project requires (pyproject.toml's requires-python)",
+}
+
+# As in tests/course/test_quoted_numbers.py (a test below keeps the two the same): a decimal
+# with two or more digits after the point, or an integer with thousands separators.
+NUMBER = re.compile(r"(?<![\w.,])(\d+\.\d{2,}|\d{1,3}(?:,\d{3})+)(?![\w]|[.,]\d)")
+LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+CODE_SPAN = re.compile(r"`[^`\n]+`")
+
+
+def _contains(haystack: str, number: str) -> bool:
+    """The number as a whole token, with or without its thousands separators."""
+    for form in {number, number.replace(",", "")}:
+        if re.search(rf"(?<![\d.]){re.escape(form)}(?!\d)", haystack):
+            return True
+    return False
+
+
+def unrecorded_numbers(readme: str, results: str) -> list[str]:
+    return sorted({n for n in NUMBER.findall(readme) if n not in ALLOWED and not _contains(results, n)})
+
+
+def broken_links(path: Path) -> list[str]:
+    text = CODE_SPAN.sub("", FENCE.sub("", path.read_text(encoding="utf-8")))
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # a URL (https:, mailto:) or an anchor of this page
+        file = target.split("#", 1)[0]
+        if not (path.parent / file).exists():
+            broken.append(target)
+    return broken
+
+
+def make_targets_named(readme: str) -> set[str]:
+    code = "\n".join(FENCE.findall(readme) + CODE_SPAN.findall(readme))
+    return set(re.findall(r"(?<![\w./-])make ([a-z][\w-]*)", code))
+
+
+def makefile_targets() -> set[str]:
+    return set(re.findall(r"^([\w.-]+)\s*:(?!=)", (ROOT / "Makefile").read_text(), re.M))
+
+
+def test_the_readme_is_at_most_12_kib():
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size:,} bytes, over {README_MAX_BYTES:,}: move measurements to bench/RESULTS.md "
+        "and guides to docs/")
+
+
+def test_every_number_in_the_readme_is_recorded_in_bench_results():
+    missing = unrecorded_numbers(README.read_text(encoding="utf-8"), RESULTS.read_text(encoding="utf-8"))
+    assert missing == [], f"README.md quotes {missing}, which bench/RESULTS.md does not record"
+
+
+def test_the_allow_list_is_still_needed():
+    readme = README.read_text(encoding="utf-8")
+    assert all(n in NUMBER.findall(readme) for n in ALLOWED), "remove allow-list entries README.md no longer quotes"
+    assert all(reason.strip() for reason in ALLOWED.values())
+
+
+def test_the_number_rule_is_the_quoted_numbers_one():
+    source = (ROOT / "tests" / "course" / "test_quoted_numbers.py").read_text(encoding="utf-8")
+    assert NUMBER.pattern in source
+
+
+def test_the_number_check_catches_an_unrecorded_figure():
+    results = "test accuracy 0.8275, peak 1,239-1,244 MB"
+    assert unrecorded_numbers("0.8275 and 1,244 MB; 1244 too", results) == []
+    assert unrecorded_numbers("0.827 and 0.82750 and 1,330 MB", results) == ["0.827", "0.82750", "1,330"]
+
+
+@pytest.mark.parametrize("path", [README, RESULTS, *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_name_existing_files(path):
+    assert broken_links(path) == []
+
+
+def test_the_link_check_catches_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    (tmp_path / "there.md").write_text("")
+    page.write_text("[ok](there.md#a) [web](https://x.org/nope) [here](#top) `[code](nope.md)`\n"
+                    "[missing](docs/nope.md) [also](../nope/x.md#b)\n")
+    assert broken_links(page) == ["docs/nope.md", "../nope/x.md#b"]
+
+
+def test_every_make_target_the_readme_names_exists():
+    named = make_targets_named(README.read_text(encoding="utf-8"))
+    assert {"demo", "test", "lab"} <= named  # the quick start is still there
+    assert named - makefile_targets() == set()
