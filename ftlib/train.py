@@ -322,7 +322,7 @@ def fit(
     ``seed`` seeds Python, NumPy and PyTorch, the training loader's shuffling and, on
     CUDA, asks for deterministic kernels (``ftlib.devices.reproducible``) unless
     ``deterministic=False``: they make a GPU re-run repeat the same model, and cost time
-    (the main job's steps on an H200: 1.6x at fp32, about 2x at bf16; see README). On a
+    (the main job's steps on an H200: 1.6x at fp32, about 2x at bf16; see bench/RESULTS.md). On a
     CPU they change nothing.
 
     Under ``accelerate launch`` the same call trains on every process: each sees its
