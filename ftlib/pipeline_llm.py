@@ -165,12 +165,12 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     log(f"[7/7] Test (fine-tuned, {test['num_examples']} examples): accuracy {test['accuracy']:.4f} (95% CI "
         f"{low:.3f}-{high:.3f}), macro F1 {test['macro_f1']:.4f}; zero-shot was {zero_shot['accuracy']:.4f}")
     same = sum(b == a for b, a in zip(forgetting["replies_before"], forgetting["replies_after"]))
-    ratio = forgetting["perplexity_after"] / forgetting["perplexity_before"]
-    verdict = ("higher: the fine-tuned model drifted from what it said before" if ratio > 1.05 else
-               "lower: the fine-tuned model is surer still of what it said before" if ratio < 1 / 1.05 else
-               "about the same: the fine-tuned model would still say what it said before")
+    # Two facts, no verdict: every reply can change (a one-word answer) while the base model's
+    # replies stay almost as likely, and the reverse.
     log(f"      general prompts: {same} of {len(forgetting['prompts'])} replies unchanged; perplexity of the base "
-        f"model's replies {forgetting['perplexity_before']:.1f} -> {forgetting['perplexity_after']:.1f} ({verdict})")
+        f"model's replies {forgetting['perplexity_before']:.2f} -> {forgetting['perplexity_after']:.2f} "
+        f"(x{forgetting['perplexity_after'] / forgetting['perplexity_before']:.2f}; higher: the fine-tuned model "
+        f"finds what the base model said less likely)")
 
     if cfg.technique == "lora":
         sft.save_adapter(model, out / "adapter")
