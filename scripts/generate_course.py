@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import fnmatch
 import json
 import os
 import shutil
@@ -64,14 +65,24 @@ def generate(names: list[str], release: Path) -> None:
                 normalize(nb)
 
 
-def differences(a: Path, b: Path) -> list[str]:
+def ignore_patterns() -> list[str]:
+    """The course's ``CourseDirectory.ignore`` (nbgrader_config.py): what running a notebook in
+    course/ leaves there (``runs/``, checkpoints) and is never part of a release."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    return list(config.CourseDirectory.ignore)
+
+
+def differences(a: Path, b: Path, ignore: list[str] | tuple = ()) -> list[str]:
     out = []
-    for name in sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()} if b.exists() else set()):
+    names = {p.name for p in a.iterdir()} | {p.name for p in b.iterdir()} if b.exists() else set()
+    for name in sorted(n for n in names if not any(fnmatch.fnmatch(n, pattern) for pattern in ignore)):
         pa, pb = a / name, b / name
         if not pa.exists() or not pb.exists():
             out.append(f"{name}: only in {'generated' if pa.exists() else 'committed'}")
         elif pa.is_dir():
-            out += [f"{name}/{d}" for d in differences(pa, pb)]
+            out += [f"{name}/{d}" for d in differences(pa, pb, ignore)]
         elif not filecmp.cmp(pa, pb, shallow=False):
             out.append(name)
     return out
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (RELEASE / name).exists():
                 diffs.append(f"{name}: not generated yet")
             else:
-                diffs += [f"{name}/{d}" for d in differences(Path(tmp) / name, RELEASE / name)]
+                diffs += [f"{name}/{d}" for d in differences(Path(tmp) / name, RELEASE / name, ignore_patterns())]
     if diffs:
         print("course/ is out of date; run `python scripts/generate_course.py`. Differences:\n  " + "\n  ".join(diffs))
         return 1

@@ -112,6 +112,24 @@ def test_release_notebook_scores_zero(name):
     assert result == {}, f"grade cells pass on the unanswered notebook: {result}"
 
 
+def test_what_running_a_notebook_leaves_in_course_is_not_a_difference(tmp_path):
+    """Validating the release of 09 (as the suite does) saves its adapter into course/09/runs/,
+    and a fresh clone's CI then found course/ "out of date" (stop 28's first CI run)."""
+    import generate_course
+
+    generated, committed = tmp_path / "generated", tmp_path / "committed"
+    for folder in (generated, committed):
+        (folder / "09").mkdir(parents=True)
+        (folder / "09" / "09.ipynb").write_text("{}")
+    (committed / "09" / "runs" / "smollm2-lora").mkdir(parents=True)
+    (committed / "09" / ".ipynb_checkpoints").mkdir()
+    ignore = generate_course.ignore_patterns()
+    assert "runs" in ignore
+    assert generate_course.differences(generated, committed, ignore) == []
+    (committed / "09" / "notes.py").write_text("")
+    assert generate_course.differences(generated, committed, ignore) == ["09/notes.py: only in committed"]
+
+
 @pytest.mark.slow
 def test_committed_course_matches_generation():
     proc = subprocess.run([sys.executable, "scripts/generate_course.py", "--check"], cwd=ROOT,
