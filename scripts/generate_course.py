@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ftlib.grading.gradebook import with_venv_path
+from ftgrade.gradebook import with_venv_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, RELEASE = ROOT / "solutions", ROOT / "course"

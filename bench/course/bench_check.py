@@ -3,7 +3,7 @@
 Runs ``ftlib check`` as a command line (a fresh process, as a learner runs it) on each
 solution notebook, ``--repeat`` times cold (``FTLIB_CHECK_WARM=0``: every check imports
 torch and transformers itself) and ``--repeat`` times served by a warm process (what a
-learner's second and later checks get; see `ftlib.grading.warm`), and prints the
+learner's second and later checks get; see `ftgrade.warm`), and prints the
 median wall times and the CPU model. Asserts nothing.
 
     .venv/bin/python bench/course/bench_check.py                  # every assignment, 3 runs each
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from course_notebooks import assignments, solution_notebook  # noqa: E402
-from ftlib.grading import warm  # noqa: E402
+from ftgrade import warm  # noqa: E402
 
 
 def cpu_model() -> str:

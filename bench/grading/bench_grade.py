@@ -38,7 +38,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from ftlib.grading.gradebook import load_coursedir, with_venv_path  # noqa: E402
+from ftgrade.gradebook import load_coursedir, with_venv_path  # noqa: E402
 
 TOY = os.path.join(REPO, "tests", "grading", "fixtures", "ps1")
 CONFIG = """c = get_config()

@@ -2,8 +2,8 @@
 import json
 import shutil
 
-from ftlib.grading import _runner
-from ftlib.grading.check import check_notebook
+from ftgrade import _runner
+from ftgrade.check import check_notebook
 from course_notebooks import ROOT
 
 # A learner copy of 04 whose replace_head is wrong (it keeps the old head) and whose
@@ -48,7 +48,7 @@ def test_modules_to_watch_keeps_submodules_and_the_checks_preloads():
 
 
 def test_a_failed_check_shows_expected_found_and_hint_in_the_terminal(tmp_path, capsys):
-    from ftlib.grading.check import check_main
+    from ftgrade.check import check_main
 
     path = _learner_copy(tmp_path, "def replace_head(model, num_classes, dropout=0.0):\n    return model\n")
     status = check_main([str(path), "--exercise", "replace_head", "--release-dir", str(ROOT / "course")])
@@ -59,7 +59,7 @@ def test_a_failed_check_shows_expected_found_and_hint_in_the_terminal(tmp_path, 
 
 
 def test_a_missing_release_says_how_to_point_at_it(tmp_path, capsys):
-    from ftlib.grading.check import check_main
+    from ftgrade.check import check_main
 
     path = _learner_copy(tmp_path, "def replace_head(model, num_classes, dropout=0.0):\n    return model\n")
     check_main([str(path), "--exercise", "replace_head", "--release-dir", str(tmp_path / "nowhere")])

@@ -26,7 +26,7 @@ def course(tmp_path_factory):
 @pytest.fixture(scope="session")
 def graded(course):
     """Grade every submission in `helpers.FAULTS` in one parallel batch."""
-    from ftlib.grading.grade import grade_assignment
+    from ftgrade.grade import grade_assignment
 
     root, release = course
     for student in helpers.FAULTS:

@@ -44,7 +44,7 @@ def make_course(root: str, config: str = "", edit=None) -> str:
     """
     from nbgrader.converters import GenerateAssignment
 
-    from ftlib.grading.gradebook import load_coursedir
+    from ftgrade.gradebook import load_coursedir
 
     shutil.copytree(os.path.join(FIXTURES, ASSIGNMENT), os.path.join(root, "solutions", ASSIGNMENT))
     if edit is not None:

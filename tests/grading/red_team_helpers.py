@@ -115,7 +115,7 @@ _ns["__import__"] = _import
 __builtins__ = _ns
 '''
 GUARD = '''try:
-    import ftlib.grading.guard as _g
+    import ftgrade.guard as _g
     _g.restore = lambda *a, **k: []
     _g.restore_report = lambda *a, **k: ""
 except Exception as e:
@@ -421,7 +421,7 @@ def make_course(root: str, config: str = "", support: dict[str, str] | None = No
     """`helpers.make_course`, with more files (``support``) and notebooks in the source folder."""
     from nbgrader.converters import GenerateAssignment
 
-    from ftlib.grading.gradebook import load_coursedir
+    from ftgrade.gradebook import load_coursedir
 
     src = os.path.join(root, "solutions", ASSIGNMENT)
     shutil.copytree(os.path.join(helpers.FIXTURES, ASSIGNMENT), src)

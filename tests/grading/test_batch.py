@@ -26,7 +26,7 @@ def _alembic_version(path: str) -> str:
 def test_template_gets_the_course_schema_version_without_alembic(course, tmp_path, monkeypatch):
     from nbgrader import api
 
-    from ftlib.grading.gradebook import build_template, load_coursedir
+    from ftgrade.gradebook import build_template, load_coursedir
 
     def no_subprocess():
         raise AssertionError("nbgrader ran `alembic heads` to stamp the template")
@@ -48,7 +48,7 @@ def test_template_gets_the_course_schema_version_without_alembic(course, tmp_pat
 def test_a_failed_gradebook_write_leaves_the_session_usable(course, tmp_path):
     from nbgrader.api import Gradebook, MissingEntry
 
-    from ftlib.grading.gradebook import build_template, load_coursedir, write_gradebook
+    from ftgrade.gradebook import build_template, load_coursedir, write_gradebook
 
     root, _ = course
     coursedir, _ = load_coursedir(root)
@@ -73,7 +73,7 @@ def test_gradebooks_in_a_worker_share_one_engine_per_database(tmp_path):
     import sqlalchemy
     from nbgrader import api
 
-    from ftlib.grading.autograde import _one_engine_per_database
+    from ftgrade.autograde import _one_engine_per_database
 
     with _one_engine_per_database():
         a = api.create_engine(f"sqlite:///{tmp_path / 'a.db'}", future=True)
@@ -84,7 +84,7 @@ def test_gradebooks_in_a_worker_share_one_engine_per_database(tmp_path):
 
 def test_the_fork_server_preload_warms_nbgrader_and_starts_no_thread():
     # Forking a process that runs threads can deadlock the child, so the warm-up must not start any.
-    code = ("import sys, threading; import ftlib.grading._preload; "
+    code = ("import sys, threading; import ftgrade._preload; "
             "from nbgrader.api import Grade; "
             "print(threading.active_count(), 'IPython' in sys.modules, Grade.__mapper__.configured)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -92,7 +92,7 @@ def test_the_fork_server_preload_warms_nbgrader_and_starts_no_thread():
 
 
 def test_a_gradebook_that_refuses_a_write_does_not_stop_the_batch(tmp_path, monkeypatch):
-    from ftlib.grading import grade, gradebook
+    from ftgrade import grade, gradebook
 
     root = str(tmp_path / "course")
     os.makedirs(root)
@@ -128,10 +128,10 @@ def test_the_grading_kernel_is_ipykernel_without_the_debugger(tmp_path, monkeypa
 
     from jupyter_client.manager import AsyncKernelManager
 
-    from ftlib.grading.autograde import SandboxKernelManager, _without_debugger
+    from ftgrade.autograde import SandboxKernelManager, _without_debugger
 
     assert _without_debugger(["py", "-m", "ipykernel_launcher", "-f", "c.json"]) == \
-        ["py", "-m", "ftlib.grading._kernel", "-f", "c.json"]
+        ["py", "-m", "ftgrade._kernel", "-f", "c.json"]
     assert _without_debugger(["R", "--slave", "-e", "IRkernel::main()"]) == ["R", "--slave", "-e", "IRkernel::main()"]
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
 
@@ -158,8 +158,8 @@ def test_the_grading_kernel_is_ipykernel_without_the_debugger(tmp_path, monkeypa
 
 
 def test_a_written_answer_is_left_for_a_person_not_scored_zero():
-    from ftlib.grading.feedback import render_feedback
-    from ftlib.grading.results import csv_row
+    from ftgrade.feedback import render_feedback
+    from ftgrade.results import csv_row
 
     info = {"notebooks": {"nb": {"grade_cells": ["code_test", "essay"], "max_scores": {"code_test": 2, "essay": 3}}}}
     grades = [{"grade_id": "code_test", "score": 2.0, "max_score": 2, "message": ""},

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import helpers
-from ftlib.grading.check import check_main, check_notebook
+from ftgrade.check import check_main, check_notebook
 
 
 def _learner(course, name, builder):
@@ -103,7 +103,7 @@ def test_module_entry_point_exit_codes(course):
     ok = _learner(course, "cli-ok", helpers.reference)
     stub = _learner(course, "cli-stub", lambda r: r)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    run = [sys.executable, "-m", "ftlib.grading.check"]
+    run = [sys.executable, "-m", "ftgrade.check"]
     assert subprocess.run(run + [ok, "--timeout", "10"], env=env, capture_output=True).returncode == 0
     r = subprocess.run(run + [stub, "--timeout", "10"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "NotImplementedError" in r.stdout
@@ -114,7 +114,7 @@ def test_a_checks_module_builds_its_prepared_state_once_before_the_grade_cells(t
     # once, before learner code, and every grade cell's fork inherits the result.
     import nbformat
 
-    from ftlib.grading.check import check_notebook
+    from ftgrade.check import check_notebook
 
     builds = tmp_path / "builds.txt"
     (tmp_path / "prepared_checks.py").write_text(

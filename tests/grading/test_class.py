@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 import helpers
-from ftlib.grading.grade import grade_assignment
+from ftgrade.grade import grade_assignment
 
 IDS = [
     "ref",
@@ -78,7 +78,7 @@ def test_grading_one_student_keeps_the_others(klass):
 
 
 def test_kernel_sockets_fit_under_a_long_temporary_directory(tmp_path):
-    from ftlib.grading.autograde import _SOCKET_NAME, _SOCKET_PATH_BYTES, runtime_dir
+    from ftgrade.autograde import _SOCKET_NAME, _SOCKET_PATH_BYTES, runtime_dir
 
     deep = tmp_path / ("d" * 100)
     deep.mkdir()

@@ -21,7 +21,7 @@ import helpers
 
 pytest.importorskip("distributed")
 
-from ftlib.grading import cluster, grade, sandbox  # noqa: E402
+from ftgrade import cluster, grade, sandbox  # noqa: E402
 
 STUDENTS = ["ref", "syntax", "stub", "exit", "always_equal"]
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")

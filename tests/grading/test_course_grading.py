@@ -16,7 +16,7 @@ import shutil
 import pytest
 
 from ftlib.checks import ASSIGNMENTS
-from ftlib.grading.grade import grade_assignment
+from ftgrade.grade import grade_assignment
 
 import helpers
 
@@ -39,7 +39,7 @@ CHEAT = {"01_choose_model": ("count_parameters", "from ftlib.models import count
 def course(tmp_path_factory):
     from nbgrader.converters import GenerateAssignment
 
-    from ftlib.grading.gradebook import load_coursedir
+    from ftgrade.gradebook import load_coursedir
 
     root = str(tmp_path_factory.mktemp("real-course"))
     with open(os.path.join(root, "nbgrader_config.py"), "w") as f:

@@ -14,7 +14,7 @@ import os
 import shutil
 
 import helpers
-from ftlib.grading.grade import grade_assignment
+from ftgrade.grade import grade_assignment
 
 STUDENTS = ["ann", "ben", "cat"]
 

@@ -8,8 +8,8 @@ import os
 import pytest
 
 import helpers
-from ftlib.grading import sandbox
-from ftlib.grading.grade import grade_assignment, grade_main
+from ftgrade import sandbox
+from ftgrade.grade import grade_assignment, grade_main
 
 
 @pytest.mark.parametrize("student", sorted(helpers.FAULTS))

@@ -13,8 +13,8 @@ import os
 import pytest
 
 import helpers
-from ftlib.grading.feedback import render_feedback
-from ftlib.grading.grade import grade_assignment
+from ftgrade.feedback import render_feedback
+from ftgrade.grade import grade_assignment
 
 CUSTOM = """
 c.ClearHiddenTests.begin_test_delimeter = "SECRET CHECKS START"

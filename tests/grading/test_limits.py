@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from ftlib.grading import limits
-from ftlib.grading.limits import run_limited
+from ftgrade import limits
+from ftgrade.limits import run_limited
 
 FORKED = """
 import os, time

@@ -31,8 +31,8 @@ import pytest
 
 import helpers
 import red_team_helpers as rt
-from ftlib.grading import sandbox
-from ftlib.grading.grade import grade_assignment
+from ftgrade import sandbox
+from ftgrade.grade import grade_assignment
 
 pytestmark = pytest.mark.skipif(not sandbox.available()[0], reason="bubblewrap sandbox not available here")
 

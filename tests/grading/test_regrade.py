@@ -11,7 +11,7 @@ import json
 import os
 
 import helpers
-from ftlib.grading import grade, gradebook
+from ftgrade import grade, gradebook
 
 
 def _graded(root: str) -> int:

@@ -16,8 +16,8 @@ import tempfile
 import pytest
 
 import helpers
-from ftlib.grading import sandbox
-from ftlib.grading.grade import grade_assignment
+from ftgrade import sandbox
+from ftgrade.grade import grade_assignment
 
 pytestmark = pytest.mark.skipif(not sandbox.available()[0], reason="bubblewrap sandbox not available here")
 
@@ -71,6 +71,7 @@ def snooped():
             "grader_home": home, "grader_key": os.path.join(home, ".ssh", "id_ed25519"),
             "solutions": os.path.join(root, "solutions", "ps1", "ps1.ipynb"),
             "repo_solutions": os.path.join(REPO, "solutions"), "repo_readme": os.path.join(REPO, "README.md"),
+            "grader_project": os.path.join(REPO, "grading", "pyproject.toml"),
             "gradebook": os.path.join(root, "gradebook.db"), "config": os.path.join(root, "nbgrader_config.py"),
             "other_submission": os.path.join(ref, "ps1.ipynb"), "submitted": os.path.join(root, "submitted"),
             "other_assignment": os.path.join(root, "solutions", "ps2", "ps2_answers.py"),
@@ -107,7 +108,7 @@ def test_the_snooping_submission_still_scores(snooped):
 
 
 @pytest.mark.parametrize("what", ["shadow", "ssh_host_keys", "root_home", "homes", "grader_home", "grader_key",
-                                  "solutions", "repo_solutions", "repo_readme", "gradebook", "config",
+                                  "solutions", "repo_solutions", "repo_readme", "grader_project", "gradebook", "config",
                                   "other_submission", "submitted", "other_assignment", "other_release",
                                   "outside_course", "course_root", "opt", "env"])
 def test_learner_code_sees_nothing_forbidden(snooped, what):
@@ -125,5 +126,6 @@ def test_learner_runs_unprivileged_with_a_minimal_etc(snooped):
     etc = set(eval(lines["etc"]))  # a list printed by the probe
     assert {"passwd", "group", "hosts"} <= etc
     assert not etc & {"shadow", "gshadow", "ssh", "sudoers", "ssl"}
-    # ftlib's repository shows at most the package and the environment, never its solutions.
-    assert set(eval(lines["repo"])) <= {"ftlib", ".venv"}, lines["repo"]
+    # ftlib's repository shows at most the packages (ftlib, grading/ftgrade) and the environment,
+    # never its solutions.
+    assert set(eval(lines["repo"])) <= {"ftlib", "grading", ".venv"}, lines["repo"]

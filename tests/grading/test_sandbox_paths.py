@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from ftlib.grading import sandbox
+from ftgrade import sandbox
 
 
 def test_ci_has_a_working_sandbox():

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from ftlib.grading import guard, sandbox
-from ftlib.grading.limits import parse_memory, run_limited
-from ftlib.grading.notebook import (
+from ftgrade import guard, sandbox
+from ftgrade.limits import parse_memory, run_limited
+from ftgrade.notebook import (
     NotebookError, duplicate_cell_ids, duplicate_grade_ids, grade_cells, imported_modules,
     is_setup_source, read_notebook, setup_cells, solution_cells)
 
@@ -149,7 +149,7 @@ def test_sandbox_hides_paths_and_network(tmp_path):
 def test_each_kernel_gets_its_share_of_the_cores():
     import os
 
-    from ftlib.grading.worker import THREAD_VARIABLES, _thread_limits
+    from ftgrade.worker import THREAD_VARIABLES, _thread_limits
 
     cores = len(os.sched_getaffinity(0))
     limits = _thread_limits(2, {})
@@ -167,23 +167,23 @@ def test_each_kernel_gets_its_share_of_the_cores():
      ["getattr(models, 'count_parameters')"]),
     ("count_parameters = __import__('ftlib.models').models.count_parameters\n",
      ["__import__('ftlib.models').models.count_parameters"]),
-    ("def extract_features(b, l):\n    return ftlib_extract_features(b, l)\n", ["ftlib.features.extract_features"]),
+    ("def extract_features(b, l):\n    return ftlib_extract_features(b, l)\n", ["ftlib.techniques.features.extract_features"]),
     # honest answers, a helper of another step, and code that does not parse: nothing
     ("def count_parameters(m):\n    return sum(p.numel() for p in m.parameters())\n", []),
     ("from ftlib.freezing import set_frozen_batchnorm_eval\n", []),
     ("def count_parameters(m)\n", []),
 ])
 def test_reference_uses_finds_ftlibs_answer_in_a_solution_cell(source, found):
-    from ftlib.grading.judge import reference_aliases, reference_uses
+    from ftgrade.judge import reference_aliases, reference_uses
 
     exercises = {"count_parameters", "extract_features"}
     # the course itself imports ftlib's version under another name for a comparison (08 does)
-    aliases = reference_aliases(["from ftlib.features import extract_features as ftlib_extract_features\n"],
+    aliases = reference_aliases(["from ftlib.techniques.features import extract_features as ftlib_extract_features\n"],
                                 exercises)
     assert reference_uses(source, exercises, aliases) == found
 
 
 def test_the_recorder_knows_the_workers_grader_failures():
-    from ftlib.grading import autograde, results
+    from ftgrade import autograde, results
 
     assert results._GRADER_FAILURES == (autograde.NO_NOTEBOOK, autograde.KERNEL_DID_NOT_START)

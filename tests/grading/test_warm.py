@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ftlib.grading import warm
-from ftlib.grading.check import check_notebook
+from ftgrade import warm
+from ftgrade.check import check_notebook
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 RELEASE = str(ROOT / "course")
@@ -142,7 +142,7 @@ def test_stop_says_when_no_server_listens(runtime):
 def test_a_cold_check_starts_the_warm_server_before_it_runs_not_after(runtime, tmp_path, monkeypatch):
     # The server imports on the second core while the first, cold check runs, so it is
     # ready sooner; started afterwards, a learner's second check soon after waited for it.
-    import ftlib.grading.check as check_module
+    import ftgrade.check as check_module
 
     order = []
     monkeypatch.setattr(check_module.warm, "start", lambda path, env: order.append("server started"))

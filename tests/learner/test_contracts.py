@@ -3,7 +3,7 @@ import importlib
 
 import pytest
 
-from ftlib.grading.notebook import read_notebook, setup_cells, solution_cells
+from ftgrade.notebook import read_notebook, setup_cells, solution_cells
 
 _NAMESPACES: dict[str, dict] = {}
 

@@ -73,9 +73,9 @@ def portable_job(job: dict[str, Any], use_sandbox: bool) -> dict[str, Any]:
 
 def grade_task(job: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
     """Run on a Dask worker: grade one submission here, sandboxed and limited; return the results."""
-    from ftlib.grading import sandbox
-    from ftlib.grading.autograde import runtime_dir
-    from ftlib.grading.worker import grade_one, worker_env
+    from ftgrade import sandbox
+    from ftgrade.autograde import runtime_dir
+    from ftgrade.worker import grade_one, worker_env
 
     if job["use_sandbox"]:
         ok, why = sandbox.available()

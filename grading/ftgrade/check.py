@@ -22,9 +22,9 @@ import sys
 import tempfile
 from typing import Any
 
-from ftlib.grading import guard, warm
-from ftlib.grading.limits import parse_memory, run_limited
-from ftlib.grading.notebook import (
+from ftgrade import guard, warm
+from ftgrade.limits import parse_memory, run_limited
+from ftgrade.notebook import (
     NotebookError,
     Cell,
     duplicate_grade_ids,
@@ -161,7 +161,7 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
         Let the learner code's stdout/stderr through to this process's stderr.
     warm_start : bool, optional
         Run in a process forked by a warm server that has the libraries imported, and
-        start one for the next check if none answers (see `ftlib.grading.warm`).
+        start one for the next check if none answers (see `ftgrade.warm`).
         Default: `warm.enabled` (on, except in CI, under ``memory``, with
         ``FTLIB_CHECK_WARM=0`` or where memory is short).
 
@@ -236,7 +236,7 @@ def check_notebook(path: str, *, exercise: str | None = None, timeout: float = 6
         if run is None:
             if server:  # warm for the next check: it imports while this one does (2+ cores)
                 warm.start(server, env)
-            run = run_limited([sys.executable, "-m", "ftlib.grading._runner", spec_path, results_path],
+            run = run_limited([sys.executable, "-m", "ftgrade._runner", spec_path, results_path],
                               timeout=limit, memory=memory, stdin=subprocess.DEVNULL, stdout=sink,
                               stderr=sink, env=env, cwd=cwd)
         events = []

@@ -5,7 +5,7 @@ change what they check (input transformers, ``builtins``, the checks module, a f
 that shadows it). `ftlib grade` runs each grade cell here instead, in the grading
 worker, which never executes learner code: a name the cell does not define itself is
 looked up in the learner's kernel and arrives as data, a module the judge imported
-itself, or a `Remote` (`ftlib.checks._remote`) whose calls run in the kernel and return
+itself, or a `Remote` (`ftlib.checks.remote`) whose calls run in the kernel and return
 data. The hidden tests therefore never reach the kernel, and its outputs (the cell's
 error, if any) are the judge's own: only they decide the points.
 
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from nbformat.notebooknode import NotebookNode
 
-from ftlib.checks._remote import Channel, ProtocolError
+from ftlib.checks.remote import Channel, ProtocolError
 
 __all__ = ["Judge", "KernelChannel", "KernelStopped", "reference_aliases", "reference_uses"]
 
@@ -59,7 +59,7 @@ class KernelChannel(Channel):
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise CellTimeout("the grade cell ran out of time")
-        expr = f"__import__('ftlib.checks._remote', fromlist=['serve']).serve({text!r})"
+        expr = f"__import__('ftlib.checks.remote', fromlist=['serve']).serve({text!r})"
         plain = self._ask(expr, remaining)
         try:
             value = ast.literal_eval(plain)

@@ -16,7 +16,7 @@ For learners' self-checks only: `ftlib grade` never uses it. It is off with
 watches the checking process tree, and a served check is not in it), and where less
 than 3 GiB of memory is available (Binder): the idle server holds about 0.5 GB.
 
-    python -m ftlib.grading.warm SOCKET FD    # what `ftlib check` starts; not run by hand
+    python -m ftgrade.warm SOCKET FD    # what `ftlib check` starts; not run by hand
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import tempfile
 import time
 import traceback
 
-from ftlib.grading.limits import RunResult, available_memory
+from ftgrade.limits import RunResult, available_memory
 
 __all__ = ["enabled", "socket_path", "run", "start", "stop"]
 
@@ -90,7 +90,7 @@ def start(path: str, env: dict) -> None:
     if listener is None:
         return
     with listener:
-        subprocess.Popen([sys.executable, "-m", "ftlib.grading.warm", path, str(listener.fileno())],
+        subprocess.Popen([sys.executable, "-m", "ftgrade.warm", path, str(listener.fileno())],
                          env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=[listener.fileno()])
 
@@ -203,7 +203,7 @@ def _preload() -> None:
 
     from ftlib.checks import ASSIGNMENTS
 
-    from ftlib.grading._runner import prepare
+    from ftgrade._runner import prepare
 
     names = list(_LIBRARIES) + [f"ftlib.checks.{module}" for module in ASSIGNMENTS.values()]
     imported = []
@@ -232,7 +232,7 @@ def _serve_one(conn: socket.socket, message: dict, fds: list[int]) -> None:
         os.environ.update(message["env"])
         sys.path[0] = message["cwd"]  # as `python -m` started in that folder has it
         conn.sendall(f"pid {os.getpid()}\n".encode())
-        from ftlib.grading import _runner
+        from ftgrade import _runner
 
         code = _runner.main(message["argv"])
     except BaseException:

@@ -1,6 +1,6 @@
 """The fresh process behind `ftlib check`: load the learner's code, run each grade cell.
 
-Started as ``python -m ftlib.grading._runner SPEC.json RESULTS.jsonl`` by `check`.
+Started as ``python -m ftgrade._runner SPEC.json RESULTS.jsonl`` by `check`.
 It imports the modules the checks use and records them (`guard.install`) before any
 learner code runs, executes the setup and solution cells in notebook order, then runs
 every grade cell in a forked child: a grade cell cannot see another's side effects,
@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-from ftlib.grading import guard
+from ftgrade import guard
 
 
 def _emit(out, **record) -> None:

@@ -14,7 +14,7 @@ import re
 import tempfile
 from typing import Any
 
-from ftlib.grading.gradebook import write_gradebook
+from ftgrade.gradebook import write_gradebook
 
 __all__ = ["csv_row", "Recorder", "write_atomic", "read_csv", "write_csv", "printable",
            "csv_safe", "log_name"]
@@ -66,10 +66,10 @@ def kernel_import_error() -> str:
     import subprocess
     import sys
 
-    from ftlib.grading.worker import worker_env
+    from ftgrade.worker import worker_env
 
     try:
-        r = subprocess.run([sys.executable, "-c", "import ipykernel_launcher, ftlib.checks._remote"],
+        r = subprocess.run([sys.executable, "-c", "import ipykernel_launcher, ftlib.checks.remote"],
                            env=worker_env(1), capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{type(e).__name__}: {e}"
@@ -211,7 +211,7 @@ class Recorder:
         there); instead this process imports, once, in the workers' environment, what
         the kernel imports first, and reports what fails.
         """
-        from ftlib.grading.autograde import KERNEL_DID_NOT_START
+        from ftgrade.autograde import KERNEL_DID_NOT_START
 
         if cause != KERNEL_DID_NOT_START:
             return cause

@@ -1,6 +1,6 @@
 """The kernel that `ftlib grade` runs learner notebooks in: ipykernel without its debugger.
 
-``python -m ftlib.grading._kernel -f CONNECTION_FILE`` runs ``ipykernel_launcher``
+``python -m ftgrade._kernel -f CONNECTION_FILE`` runs ``ipykernel_launcher``
 unchanged, except that ``debugpy`` cannot be imported, so ipykernel starts without the
 visual debugger (it checks for debugpy and carries on without it). Nobody debugs a
 notebook while it is graded, and importing debugpy is about a fifth of a kernel's

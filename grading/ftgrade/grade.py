@@ -40,12 +40,12 @@ import tempfile
 import time
 from typing import Any
 
-from ftlib.grading import sandbox
-from ftlib.grading.feedback import hidden_delimiters
-from ftlib.grading.gradebook import build_template, load_coursedir
-from ftlib.grading.limits import default_workers, parse_memory, tmp_bytes
-from ftlib.grading.results import Recorder, csv_row, printable, read_csv, write_atomic, write_csv
-from ftlib.grading.worker import failed_run, grade_one, start_fork_server, worker_env
+from ftgrade import sandbox
+from ftgrade.feedback import hidden_delimiters
+from ftgrade.gradebook import build_template, load_coursedir
+from ftgrade.limits import default_workers, parse_memory, tmp_bytes
+from ftgrade.results import Recorder, csv_row, printable, read_csv, write_atomic, write_csv
+from ftgrade.worker import failed_run, grade_one, start_fork_server, worker_env
 
 __all__ = ["grade_main", "grade_assignment", "STATUSES"]
 
@@ -201,7 +201,7 @@ def grade_assignment(assignment: str, *, course_dir: str = ".", students: list[s
                                 logs_dir=os.path.join(course_dir, "grades", "logs", assignment),
                                 timeout=timeout, memory=memory, rows=rows, state=state, log=log)
             if scheduler is not None and jobs:
-                from ftlib.grading.cluster import grade_on_cluster
+                from ftgrade.cluster import grade_on_cluster
 
                 for done in grade_on_cluster(jobs, scheduler=scheduler, workers=workers, template_db=template,
                                              support_dir=source_dir, use_sandbox=use_sandbox, log=log):

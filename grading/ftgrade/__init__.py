@@ -1,5 +1,9 @@
 """Grading for the ftlib course: `ftlib check` for learners, `ftlib grade` for instructors.
 
+A distribution of its own (``grading/`` in the repository), beside the learner library: it
+imports ftlib (the checks, the cache location), ftlib never imports it, and the ``ftlib``
+command hands ``check`` and ``grade`` to it.
+
 - `notebook`: read nbgrader notebooks (solution, grade and setup cells) without running them.
 - `check`: ``check_main(argv)``, a learner's self-check in a fresh process.
 - `grade`: ``grade_main(argv)``, parallel, sandboxed, limited nbgrader autograding.
@@ -8,7 +12,7 @@
 
 Importing this package is cheap: no torch, no nbgrader; those load inside the commands.
 """
-from ftlib.grading.notebook import (
+from ftgrade.notebook import (
     Cell,
     NotebookError,
     grade_cells,

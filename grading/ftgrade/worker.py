@@ -13,8 +13,8 @@ import subprocess
 import sys
 from typing import Any
 
-from ftlib.grading.gradebook import with_venv_path
-from ftlib.grading.limits import run_limited, watch
+from ftgrade.gradebook import with_venv_path
+from ftgrade.limits import run_limited, watch
 
 __all__ = ["grade_one", "failed_run", "start_fork_server", "worker_env", "THREAD_VARIABLES"]
 
@@ -30,7 +30,7 @@ def _forked_worker(spec_path: str, log_path: str, env: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(env)
     os.chdir(os.path.dirname(spec_path))
-    from ftlib.grading.autograde import main
+    from ftgrade.autograde import main
 
     main([spec_path])
 
@@ -45,7 +45,7 @@ def _fork_context():
 
     if not _CONTEXT:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["ftlib.grading._preload"])
+        ctx.set_forkserver_preload(["ftgrade._preload"])
         _CONTEXT.append(ctx)
     return _CONTEXT[0]
 
@@ -79,7 +79,7 @@ def grade_one(job: dict[str, Any]) -> dict[str, Any]:
         # A daemonic process (a Dask worker under its nanny) may not start multiprocessing
         # children: run the worker as a fresh interpreter instead of a fork.
         with open(log_path, "wb") as logf:
-            r = run_limited([sys.executable, "-m", "ftlib.grading.autograde", spec_path], timeout=job["timeout"],
+            r = run_limited([sys.executable, "-m", "ftgrade.autograde", spec_path], timeout=job["timeout"],
                             memory=job["memory"], stdout=logf, stderr=subprocess.STDOUT, env=job["env"],
                             cwd=out_dir)
         status, wall, peak, exitcode = r.status, r.wall_s, r.peak_rss, r.returncode

@@ -16,7 +16,7 @@ __all__ = ["load_coursedir", "with_venv_path", "build_template", "write_gradeboo
 
 
 def load_coursedir(course_dir: str):
-    import ftlib.grading.autograde  # noqa: F401 (its import-time speed-up for jsonschema)
+    import ftgrade.autograde  # noqa: F401 (its import-time speed-up for jsonschema)
     from nbgrader.coursedir import CourseDirectory
     from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader

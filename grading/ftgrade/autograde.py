@@ -2,7 +2,7 @@
 
 `grade` forks one worker per submission from a fork server that has imported and warmed
 this module (`prewarm`), and runs it under a wall-clock and memory limit; ``python -m
-ftlib.grading.autograde SPEC.json`` does the same by hand. The worker builds a
+ftgrade.autograde SPEC.json`` does the same by hand. The worker builds a
 throw-away course directory (a gradebook holding only this assignment, the submission,
 the assignment's support files), runs nbgrader's own `Autograde` converter on it (grade
 cells, points and kernelspec are restored from the gradebook, hidden tests run,
@@ -15,7 +15,7 @@ Two nbgrader preprocessors are replaced by subclasses:
 - `GradingExecute` runs the notebook's cells in a kernel started through `sandbox.wrap`
   (an allow-list: no network, no home, no course folder; a new RAM-backed working folder
   per kernel holding the release's files only), except the grade cells: those run in this
-  process, the judge (`ftlib.grading.judge`), which reaches the kernel's names only as
+  process, the judge (`ftgrade.judge`), which reaches the kernel's names only as
   data, so nothing the learner's code does in its interpreter changes a grade and the
   hidden tests never reach the kernel. It keeps at most ``max_output_bytes`` of output
   per cell, stops a kernel that ignores the interrupt after a timeout, and turns a dead
@@ -28,7 +28,7 @@ kernel starts, and no folder a kernel could write is ever read or copied into by
 process.
 
 What a submission costs is mostly starting its kernel and nbgrader's bookkeeping, so
-the kernel starts without a history database or the debugger (`ftlib.grading._kernel`),
+the kernel starts without a history database or the debugger (`ftgrade._kernel`),
 and nbgrader's gradebooks in one worker share one SQLAlchemy engine.
 """
 from __future__ import annotations
@@ -64,9 +64,9 @@ from nbgrader.preprocessors import (
     AssignLatePenalties, CheckCellMetadata, Execute, IgnorePattern, LimitOutput, SaveAutoGrades)
 from traitlets import Dict, Integer, List, Unicode
 
-from ftlib.grading import sandbox
-from ftlib.grading.feedback import error_summary, render_feedback
-from ftlib.grading.notebook import NotebookError, duplicate_cell_ids, read_notebook
+from ftgrade import sandbox
+from ftgrade.feedback import error_summary, render_feedback
+from ftgrade.notebook import NotebookError, duplicate_cell_ids, read_notebook
 
 __all__ = ["NO_NOTEBOOK", "autograde_submission", "prewarm", "GradingExecute", "LenientSaveAutoGrades", "SandboxKernelManager"]
 
@@ -83,10 +83,10 @@ def _notebook_events(resources: dict) -> dict[str, Any]:
 
 
 def _without_debugger(cmd: list[str]) -> list[str]:
-    """``python -m ipykernel_launcher ...`` becomes ``python -m ftlib.grading._kernel ...``."""
+    """``python -m ipykernel_launcher ...`` becomes ``python -m ftgrade._kernel ...``."""
     for i in range(len(cmd) - 1):
         if cmd[i] == "-m" and cmd[i + 1] == "ipykernel_launcher":
-            return [*cmd[:i + 1], "ftlib.grading._kernel", *cmd[i + 2:]]
+            return [*cmd[:i + 1], "ftgrade._kernel", *cmd[i + 2:]]
     return cmd  # another kind of kernel: run it as it is
 
 
@@ -227,7 +227,7 @@ class GradingExecute(Execute):
     tests = Dict(help="notebook -> grade_id -> source of its autograder tests, from the gradebook.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
-        from ftlib.grading.judge import Judge, KernelChannel
+        from ftgrade.judge import Judge, KernelChannel
 
         self._events = _notebook_events(resources or {})
         self._tests = dict(self.tests.get((resources or {}).get("nbgrader", {}).get("notebook"), {}))
@@ -253,7 +253,7 @@ class GradingExecute(Execute):
         """Evaluate ``expr`` in the kernel as a user expression; its text/plain result."""
         from queue import Empty
 
-        from ftlib.grading.judge import CellTimeout, KernelStopped
+        from ftgrade.judge import CellTimeout, KernelStopped
 
         if self._dead_at is not None:
             raise KernelStopped(f"not run: the kernel stopped in cell {self._dead_at}")
@@ -275,7 +275,7 @@ class GradingExecute(Execute):
                 break
         result = (msg.get("content", {}).get("user_expressions") or {}).get("r") or {}
         if result.get("status") != "ok":
-            from ftlib.checks._remote import ProtocolError
+            from ftlib.checks.remote import ProtocolError
 
             raise ProtocolError("the kernel could not answer (its ftlib or IPython does not work)")
         text = (result.get("data") or {}).get("text/plain", "")
@@ -819,7 +819,7 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _reference_flags(path: str, exercises: set[str]) -> list[str]:
     """What the notebook's solution cells take from ftlib's reference for the exercises, read statically."""
-    from ftlib.grading.judge import reference_aliases, reference_uses
+    from ftgrade.judge import reference_aliases, reference_uses
 
     if not exercises:
         return []
@@ -858,7 +858,7 @@ def runtime_dir(root: str | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m ftlib.grading.autograde SPEC.json``: run `autograde_submission`."""
+    """``python -m ftgrade.autograde SPEC.json``: run `autograde_submission`."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(argv[0], encoding="utf-8") as f:
         spec = json.load(f)

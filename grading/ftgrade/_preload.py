@@ -5,13 +5,13 @@ and the checks' shared code, and the lazy set-up of torch's first optimizer (it 
 torch._dynamo: 1.5-1.7 s in every fresh process, which the learner's kernel has already
 paid and the judge would pay per submission). Nothing here starts a thread of its own.
 """
-from ftlib.grading.autograde import prewarm
+from ftgrade.autograde import prewarm
 
 try:
     prewarm()
     import ftlib.checks._common  # noqa: F401 (torch, numpy)
-    import ftlib.checks._remote  # noqa: F401
-    import ftlib.grading.judge  # noqa: F401
+    import ftlib.checks.remote  # noqa: F401
+    import ftgrade.judge  # noqa: F401
     import torch
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -2,8 +2,8 @@
 
 `ftlib grade` starts each learner kernel through `wrap`. The sandbox is an allow-list:
 its file system holds only, read-only, the system's programs and libraries (``/usr``
-and the ``/bin``, ``/lib`` links), the Python interpreter and environment, ftlib's own
-package, the data sets' files, and a minimal ``/etc`` (a ``passwd`` naming the sandbox
+and the ``/bin``, ``/lib`` links), the Python interpreter and environment, the packages of
+ftlib and of this grader, the data sets' files, and a minimal ``/etc`` (a ``passwd`` naming the sandbox
 user, ``hosts``, the dynamic linker's cache); writable are only the submission's
 working copy (shown as ``/home/learner/<assignment>``, the same on every machine) and
 the kernel's runtime folder, and ``/tmp`` is empty. No home directory, no
@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+
+from ftlib.paths import cache_dir
 
 __all__ = ["available", "wrap", "kernel_env", "allowed_paths", "UID", "WORKDIR"]
 
@@ -76,11 +78,7 @@ def _inside(path: str, roots) -> bool:
 
 
 def _ftlib_cache(environ) -> str:
-    # As `ftlib.models.cache_dir`, which this module does not import (it imports torch).
-    if environ.get("FTLIB_CACHE"):
-        return os.path.expanduser(environ["FTLIB_CACHE"])
-    xdg = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "ftlib")
+    return str(cache_dir(environ))
 
 
 def _data_paths(environ) -> list[str]:
@@ -91,15 +89,17 @@ def _data_paths(environ) -> list[str]:
 def allowed_paths(environ=None) -> list[str]:
     """The host directories the sandbox shows, read-only, besides ``/usr`` and ``/etc``.
 
-    The environment and base interpreter (``sys.prefix``, ``sys.base_prefix``), ftlib's
-    package folder (not the repository around it, which holds the solutions) and the
-    data sets' folders; only those that exist.
+    The environment and base interpreter (``sys.prefix``, ``sys.base_prefix``), the package
+    folders of ftlib and of this grader (not the repository around them, which holds the
+    solutions) and the data sets' folders; only those that exist.
     """
     import ftlib
 
+    import ftgrade
+
     environ = os.environ if environ is None else environ
-    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.abspath(ftlib.__file__)), *_data_paths(environ)]
+    packages = [os.path.dirname(os.path.abspath(p.__file__)) for p in (ftlib, ftgrade)]
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *packages, *_data_paths(environ)]
     out = []
     for p in paths:
         real = os.path.realpath(p)
