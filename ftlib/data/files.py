@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlib.datasets import TaskData
-from ftlib.splits import Splits, balanced_subset, deduplicate, drop_overlap, split_dataset
+from ftlib.data.registry import TaskData
+from ftlib.data.splits import Splits, balanced_subset, deduplicate, drop_overlap, split_dataset
 
 __all__ = ["DataError", "load_data", "load_table", "read_texts", "load_image_folder", "inspect_data",
            "TEXT_COLUMNS", "LABEL_COLUMNS", "IMAGE_SUFFIXES"]

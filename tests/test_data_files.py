@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ftlib.data import split_dataset
-from ftlib.userdata import DataError, inspect_data, load_data
+from ftlib.data import DataError, inspect_data, load_data
 
 REVIEWS = [("A moving, funny film.", "pos"), ("Dull and far too long.", "neg"), ("I loved every minute.", "pos"),
            ("Flat acting, no plot.", "neg"), ("A delight from start to end.", "pos"), ("Boring.", "neg")] * 10
@@ -113,7 +113,7 @@ def test_bad_input_is_one_clear_line(tmp_path, make, options, message):
 
 
 def test_separate_validation_and_test_files(tmp_path):
-    from ftlib.userdata import load_splits
+    from ftlib.data.files import load_splits
 
     train_rows = [(f"{t} ({i})", y) for i, (t, y) in enumerate(REVIEWS)]
     train = _csv(tmp_path, train_rows, name="train.csv")
