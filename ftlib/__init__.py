@@ -11,11 +11,10 @@ One module per step of the course:
 7. ``ftlib.evaluate`` evaluate on the held-out test set, once
 
 ``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``). The techniques:
-``ftlib.features`` (feature extraction), ``ftlib.regularization`` (L2-SP, label
-smoothing), ``ftlib.techniques`` (LP-FT, discriminative rates, gradual unfreezing, LoRA...:
-the registry behind ``--technique``, the functions in ``ftlib.recipes``), ``ftlib.forgetting``
-and ``ftlib.compare`` (``ftlib compare``). Your own data:
-``ftlib.userdata`` (a CSV/TSV/JSON Lines file or an image folder); keeping and using the
+``ftlib.techniques`` (feature extraction, LP-FT, discriminative rates, gradual unfreezing,
+L2-SP, LoRA...: the registry behind ``--technique``, one module per technique, label
+smoothing too), ``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``). Your own data:
+``ftlib.data`` too (a CSV/TSV/JSON Lines file or an image folder); keeping and using the
 model: ``ftlib.saving`` (save, reload, predict).
 Names are imported lazily so ``import ftlib`` stays cheap (no torch until needed).
 """
@@ -29,7 +28,7 @@ _EXPORTS = {
     "DATASETS": "data", "load_dataset": "data", "split_dataset": "data",
     "stratified_split": "data", "make_loader": "data", "prepare_images": "data", "collate_text": "data",
     "LengthGroupedBatchSampler": "data",
-    "load_data": "userdata", "inspect_data": "userdata", "DataError": "userdata",
+    "load_data": "data", "inspect_data": "data", "DataError": "data",
     "save_finetuned": "saving", "load_finetuned": "saving",
     "load_pretrained_weights": "weights", "top_k_classes": "weights", "sanity_check_imagenet": "forgetting",
     "replace_head": "heads", "set_dropout": "heads",
@@ -40,8 +39,8 @@ _EXPORTS = {
     "fit": "train", "train_one_epoch": "train", "EarlyStopping": "train",
     "HeldOutTest": "evaluate", "confusion_matrix": "evaluate", "macro_f1": "evaluate",
     "finetune": "pipeline",
-    "extract_features": "features", "fit_classifier": "features", "ProbeModel": "features",
-    "l2sp_penalty": "regularization",
+    "extract_features": "techniques.features", "fit_classifier": "techniques.features",
+    "ProbeModel": "techniques.features", "l2sp_penalty": "techniques.l2sp",
     "TECHNIQUES": "techniques", "feature_extraction": "techniques", "lp_ft": "techniques", "linear_probe": "techniques",
     "discriminative": "techniques", "gradual_unfreezing": "techniques", "train_l2sp": "techniques", "lora": "techniques",
 }

@@ -11,7 +11,7 @@ import time
 
 from ftlib.devices import is_main_process
 
-__all__ = ["progress_style"]
+__all__ = ["progress_style", "progress_bar"]
 
 
 def progress_style() -> str:
@@ -57,7 +57,12 @@ class _Lines:
         print(text, flush=True)  # where tqdm.write prints too
 
 
-def _progress(iterable, enabled: bool, *, leave: bool = False, **kwargs):
+def progress_bar(iterable, enabled: bool, *, leave: bool = False, **kwargs):
+    """``iterable`` shown as it is consumed when ``enabled``: a bar, or one line per phase.
+
+    What the training loops show (see :func:`progress_style`); under ``accelerate launch``
+    only the main process shows it. ``desc=`` names the phase; ``leave`` keeps the bar when done.
+    """
     if not enabled or not is_main_process():  # under `accelerate launch`, one process shows progress
         return iterable
     if progress_style() == "lines":

@@ -439,7 +439,7 @@ def choice_scores(model: nn.Module, tokenizer, prompts: Sequence[str], choices: 
     (the log-probabilities at the prompt's last position); otherwise each (prompt, choice)
     pair is a sequence of its own. Both give the scores of :func:`score_choices`.
     """
-    from ftlib.train import _progress
+    from ftlib.progress import progress_bar
 
     first = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
     single = all(len(ids) == 1 for ids in first)
@@ -455,7 +455,7 @@ def choice_scores(model: nn.Module, tokenizer, prompts: Sequence[str], choices: 
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     device = _device_of(model)
     with _eval_mode(model), _autocast(bf16, device):
-        for idx in _progress(batches, progress, desc="score"):
+        for idx in progress_bar(batches, progress, desc="score"):
             batch = collate_sft([pairs[i] for i in idx], tokenizer.pad_token_id)
             batch = _fit_batch(pad_to_multiple(batch, pad_to_multiple_of, tokenizer.pad_token_id))
             batch = devices.to_device(batch, device)

@@ -26,7 +26,7 @@ from torch import nn
 from ftlib import arguments
 from ftlib.devices import default_device, logits_and_labels, make_runner, reproducible, set_seed, to_device
 from ftlib.freezing import set_frozen_batchnorm_eval
-from ftlib.progress import _progress  # features and sft show their bars through train too
+from ftlib.progress import progress_bar
 
 __all__ = [
     "set_seed",
@@ -78,7 +78,7 @@ def train_one_epoch(
     total_loss = torch.zeros((), dtype=_sum_dtype(device), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen, steps = 0, 0
-    bar = _progress(loader, progress, desc=desc, unit="batch")
+    bar = progress_bar(loader, progress, desc=desc, unit="batch")
     for batch in bar:
         batch = to_device(batch, device)
         with runner.autocast():
@@ -166,7 +166,7 @@ def evaluate(
     total_loss = torch.zeros((), dtype=_sum_dtype(device), device=device)
     y_true, y_pred, sums = [], [], []
     try:
-        for batch in _progress(loader, progress, desc=desc, unit="batch"):
+        for batch in progress_bar(loader, progress, desc=desc, unit="batch"):
             batch = to_device(batch, device)
             with runner.autocast():
                 logits, labels = logits_and_labels(model, batch)
@@ -393,7 +393,7 @@ def _epochs(runner, model, inner, train_loader, val_loader, optimizer, scheduler
     best_state = None
     history = History()
     # The epochs bar stays when done (how long the run took); each epoch's bar goes.
-    epoch_bar = _progress(range(epochs), progress, desc="epochs", unit="epoch", leave=True)
+    epoch_bar = progress_bar(range(epochs), progress, desc="epochs", unit="epoch", leave=True)
     for epoch in epoch_bar:
         start = time.perf_counter()
         if on_epoch_start is not None:

@@ -10,9 +10,10 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from ftlib import features, optim, train
+from ftlib import optim, train
 from ftlib.models import TinyCNN
-from ftlib.regularization import l2sp
+from ftlib.techniques import features
+from ftlib.techniques.l2sp import l2sp
 from tiny_data import make_image_loader
 
 

@@ -4,8 +4,8 @@ import torch
 
 from ftlib.data import collate_text
 from ftlib.evaluate import HeldOutTest
-from ftlib.features import (ProbeModel, cached_features, extract_features, feature_cache_path, fit_classifier,
-                            head_inputs, mean_pool)
+from ftlib.techniques.features import (ProbeModel, cached_features, extract_features, feature_cache_path,
+                                       fit_classifier, head_inputs, mean_pool)
 from ftlib.models import load_model
 from tiny_data import make_image_loader
 
@@ -50,7 +50,7 @@ def test_text_features_mean_pool_and_do_not_depend_on_padding(tokenizer):
 
 
 def test_text_features_of_the_last_layers_are_their_mean_pools_side_by_side(tokenizer):
-    from ftlib.features import text_encoder
+    from ftlib.techniques.features import text_encoder
 
     torch.manual_seed(0)
     model = load_model("tiny-bert", num_classes=2)

@@ -2,7 +2,7 @@
 
 Every import counts, the ones inside functions too (they only hide a cycle from Python's
 import machinery), so the layers stay visible: the steps and the pipelines on top, a small
-shared core (`devices`, `progress`, `heads`, `datasets`, `batches`...) below.
+shared core (`devices`, `progress`, `heads`, `data.registry`...) below.
 """
 import ast
 import subprocess

@@ -106,7 +106,7 @@ def test_the_command_line_knows_every_precision_without_importing_torch():
 
 
 def test_precision_reaches_fit_from_finetune_and_compare_configs(monkeypatch):
-    from ftlib import recipes, techniques
+    from ftlib import techniques
     from ftlib.compare import CompareConfig
     from ftlib.pipeline import FinetuneConfig
 
@@ -118,7 +118,7 @@ def test_precision_reaches_fit_from_finetune_and_compare_configs(monkeypatch):
     with pytest.raises(ValueError, match="^precision must be one of"):
         FinetuneConfig(precision="half").resolved()
     got = []
-    monkeypatch.setattr(recipes, "fit", lambda *a, **k: got.append(k["precision"]) or train.History())
+    monkeypatch.setattr(train, "fit", lambda *a, **k: got.append(k["precision"]) or train.History())
     cfg = FinetuneConfig(task="image", model="tiny-cnn", dataset="fashion-mnist", precision="bf16").resolved()
     techniques.TECHNIQUES["full"].run(TinyCNN(num_classes=3), make_image_loader(), None, cfg)
     assert got == ["bf16"]

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from ftlib.heads import set_dropout
 from ftlib.models import load_model
-from ftlib.regularization import (backbone_state, l2sp, l2sp_penalty, label_smoothing_loss, set_dropout,
-                                  weight_distance)
+from ftlib.techniques.l2sp import backbone_state, l2sp, l2sp_penalty, weight_distance
+from ftlib.techniques.label_smoothing import label_smoothing_loss
 from ftlib.train import fit
 from tiny_data import make_image_loader
 

@@ -1,15 +1,20 @@
 import copy
+import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from ftlib import techniques
 from ftlib.data import collate_text
-from ftlib.features import head_inputs
 from ftlib.models import load_model
 from ftlib.pipeline import FinetuneConfig
-from ftlib.regularization import backbone_state, weight_distance
-from ftlib.techniques import (TECHNIQUES, feature_extraction, get_technique, gradual_unfreezing, linear_probe, lora,
-                              lp_ft, partial_finetune, train_frozen, train_l2sp)
+from ftlib.techniques import (TECHNIQUES, discriminative, feature_extraction, get_technique, gradual_unfreezing,
+                              linear_probe, lora, lp_ft, partial_finetune, train_frozen, train_l2sp)
+from ftlib.techniques.features import head_inputs
+from ftlib.techniques.l2sp import backbone_state, weight_distance
 from tiny_data import make_image_loader
 
 TEXTS = ["a gripping, beautiful film", "dull and far too long", "the best thing this year", "a mess from start to end",
@@ -201,3 +206,32 @@ def test_technique_options_reach_the_function():
     result = TECHNIQUES["l2sp"].run(model, make_image_loader(), None, cfg)
     squared = weight_distance(model, w0)["squared"]
     assert squared > 0 and result["final_penalty"] == pytest.approx(0.5 * 0.5 * squared, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, function", [
+    ("partial", partial_finetune), ("feature-extraction", feature_extraction), ("frozen", train_frozen),
+    ("discriminative", discriminative), ("gradual", gradual_unfreezing), ("l2sp", train_l2sp), ("lora", lora)])
+def test_an_option_default_is_the_function_keyword_default(name, function):
+    parameters = inspect.signature(function).parameters
+    options = {k: v for k, v in TECHNIQUES[name].options.items() if k != "lr_factor"}  # the entry's own: cfg.lr x
+    assert options and options == {k: parameters[k].default for k in options}
+
+
+def test_descriptions_state_the_defaults():
+    assert f"rank {TECHNIQUES['lora'].options['r']})" in TECHNIQUES["lora"].description
+    assert f"lr {TECHNIQUES['lora'].options['lr_factor']:g}x" in TECHNIQUES["lora"].description
+    d = TECHNIQUES["discriminative"]
+    decay, head = d.options["layer_decay"], d.options["head_lr_multiplier"]
+    assert f"decay {decay:g} per block, head at {head:g}x" in d.description
+    assert f"{TECHNIQUES['lp-ft'].options['lr_factor']:g}x the lr" in TECHNIQUES["lp-ft"].description
+
+
+def test_reading_the_registry_imports_no_torch_and_no_module_shadows_a_function():
+    code = ("import sys\nfrom ftlib.techniques import TECHNIQUES\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'torch or numpy imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # `ftlib.techniques.lora` must be the function, never a module of the same name that an
+    # import of the submodule would put in its place (see tests/test_imports.py).
+    modules = {p.stem for p in Path(techniques.__file__).parent.glob("*.py")}
+    assert not set(techniques.__all__) & modules

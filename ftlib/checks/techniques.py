@@ -1,6 +1,6 @@
 """Checks of 08_techniques: frozen features for a scikit-learn classifier, and the L2-SP penalty.
 
-The references are ``ftlib.features.extract_features`` and ``ftlib.regularization.l2sp_penalty``.
+The references are ``ftlib.techniques.features.extract_features`` and ``ftlib.techniques.l2sp.l2sp_penalty``.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch import nn
 
 from ftlib.checks._common import (BNNet, CheckFailure, allclose, array_equal, as_array, as_float, as_tuple, call,
                                   expect, quiet, same_state, state_snapshot, tiny_image_loader)
-from ftlib.checks._remote import observe
-from ftlib.features import extract_features as reference_extract_features
-from ftlib.regularization import l2sp_penalty as reference_l2sp_penalty
+from ftlib.checks.remote import observe
+from ftlib.techniques.features import extract_features as reference_extract_features
+from ftlib.techniques.l2sp import l2sp_penalty as reference_l2sp_penalty
 
 __all__ = ["check_extract_features", "check_l2sp_penalty", "reference_extract_features", "reference_l2sp_penalty",
            "probe_extract_features", "probe_l2sp_penalty"]
@@ -115,7 +115,8 @@ def check_extract_features(extract_features, *, thorough: bool = False) -> None:
         expect(allclose(X, X_ref, rtol=1e-4, atol=1e-5), "Text features are not the mean-pooled token states.",
                f"mean {X_ref.mean():.4f}", f"mean {X.mean():.4f}",
                "Average last_hidden_state over positions where attention_mask is 1 (padding excluded): "
-               "ftlib.features.mean_pool(ftlib.features.text_encoder(model)(**inputs).last_hidden_state, mask).")
+               "mean_pool(text_encoder(model)(**inputs).last_hidden_state, mask), both from "
+               "ftlib.techniques.features.")
         expect(array_equal(y.astype(np.int64), y_ref), "y should be the text labels, in loader order.",
                y_ref.tolist(), y.tolist())
 

@@ -6,7 +6,7 @@ cell's metadata, ``{"ftlib": {"quotes": {"0.761": SOURCE}}}``, where SOURCE is
 
 * ``"printed"``: the notebook's own cells print it (checked on an executed run, slow);
 * ``"code"``: it is a setting written in one of the notebook's code cells;
-* a file of the repository (``"bench/RESULTS.md"``, ``"ftlib/recipes.py"``) or of the shared docs
+* a file of the repository (``"bench/RESULTS.md"``, ``"ftlib/techniques/lpft.py"``) or of the shared docs
   next to it: the number appears there (the measurement it reports);
 * ``"literature: ..."`` or ``"example: ..."``: a published figure or an illustrative value,
   said so in the metadata.

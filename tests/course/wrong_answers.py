@@ -485,7 +485,7 @@ def select_worst(candidates, val_loader, test):
 
 # 08 extract_features / l2sp_penalty -------------------------------------------------------------
 def _features_with(model, loader, pool, train_mode=False):
-    from ftlib.features import text_encoder
+    from ftlib.techniques.features import text_encoder
 
     was = model.training
     model.train(train_mode)
@@ -509,7 +509,7 @@ def _features_with(model, loader, pool, train_mode=False):
 
 
 def _mean_pool(hidden, mask):
-    from ftlib.features import mean_pool
+    from ftlib.techniques.features import mean_pool
 
     return mean_pool(hidden, mask)
 
@@ -527,7 +527,7 @@ def features_pool_with_padding(backbone, loader):
 
 
 def features_logits(backbone, loader):
-    from ftlib.features import extract_features
+    from ftlib.techniques.features import extract_features
 
     X, y = extract_features(backbone, loader)
     if X.shape[1] == 6:  # the image case: return the head's outputs instead of its inputs
@@ -549,13 +549,13 @@ def l2sp_to_zero(model, pretrained_state, alpha):
 
 
 def l2sp_no_half(model, pretrained_state, alpha):
-    from ftlib.regularization import l2sp_penalty
+    from ftlib.techniques.l2sp import l2sp_penalty
 
     return 2 * l2sp_penalty(model, pretrained_state, alpha)
 
 
 def l2sp_detached(model, pretrained_state, alpha):
-    from ftlib.regularization import l2sp_penalty
+    from ftlib.techniques.l2sp import l2sp_penalty
 
     return torch.tensor(float(l2sp_penalty(model, pretrained_state, alpha)))
 

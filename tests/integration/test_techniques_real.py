@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ftlib.data import load_dataset, make_loader, split_dataset
-from ftlib.features import cached_features, fit_classifier
 from ftlib.forgetting import forgetting_report, probe_photos
 from ftlib.models import count_parameters, load_model, load_tokenizer
 from ftlib.techniques import linear_probe, lora
+from ftlib.techniques.features import cached_features, fit_classifier
 from ftlib.train import fit
 
 pytestmark = pytest.mark.integration

@@ -1,42 +1,31 @@
-"""Regularization for fine-tuning: stay close to what pretraining learned.
+"""L2-SP (Li et al. 2018): fine-tune with a pull towards the pretrained weights.
 
 A small data set cannot pin down millions of weights, so fine-tuning needs a pull
-towards something sensible. This module holds the pieces that are not already a knob
-of :func:`ftlib.train.fit`:
+towards something sensible. Weight decay pulls towards zero; L2-SP penalizes the
+squared distance to the *pretrained* weights instead, ``alpha / 2 * sum ||w - w0||^2``
+over the backbone. The new head has no pretrained value and is left out.
 
-* **L2-SP** (Li et al. 2018): penalize the squared distance to the *pretrained* weights,
-  ``alpha / 2 * sum ||w - w0||^2`` over the backbone, instead of the distance to zero
-  that weight decay uses. The new head has no pretrained value and is left out.
-  :func:`l2sp` gives a ready ``penalty`` for ``fit(..., penalty=...)``.
-* **Label smoothing**: ``fit(..., label_smoothing=0.1)`` uses PyTorch's
-  ``CrossEntropyLoss(label_smoothing=...)``; :func:`label_smoothing_loss` writes the
-  same loss out by hand, as the reference the course and tests check against.
-* **Dropout**: :func:`ftlib.heads.replace_head` (``dropout=``) and
-  :func:`ftlib.heads.set_dropout`, re-exported here.
-* **Early stopping**: ``fit(..., patience=2)`` with best-weights restore.
+* :func:`train_l2sp` is the ``l2sp`` technique;
+* :func:`l2sp` gives a ready ``penalty`` for ``fit(..., penalty=...)``, built on
+  :func:`l2sp_penalty` and the snapshot :func:`backbone_state`;
+* :func:`weight_distance` says how far the backbone moved (``ftlib.forgetting`` too).
 
-It does not train anything itself (``ftlib.train``) nor pick techniques
-(``ftlib.techniques``).
+The other regularizers are knobs of :func:`ftlib.train.fit` (``label_smoothing=``,
+written out in ``ftlib.techniques.label_smoothing``; ``patience=`` for early stopping) and
+of ``ftlib.heads`` (``replace_head(..., dropout=)``, ``set_dropout``).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from ftlib import arguments
-from ftlib.heads import find_head, set_dropout
+from ftlib.techniques._registry import counts, entry
 
-__all__ = [
-    "backbone_state",
-    "l2sp_penalty",
-    "l2sp",
-    "weight_distance",
-    "label_smoothing_loss",
-    "set_dropout",
-]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["train_l2sp", "backbone_state", "l2sp_penalty", "l2sp", "weight_distance"]
 
 
 def _check_alpha(alpha: float) -> None:
@@ -44,6 +33,8 @@ def _check_alpha(alpha: float) -> None:
 
 
 def _head_prefix(model: nn.Module) -> str:
+    from ftlib.heads import find_head
+
     name, _ = find_head(model)
     return name + "."
 
@@ -84,6 +75,8 @@ def l2sp_penalty(model: nn.Module, pretrained_state: Mapping[str, torch.Tensor],
     >>> float(l2sp_penalty(model, w0, alpha=0.1))
     0.0
     """
+    import torch
+
     _check_alpha(alpha)
     if not isinstance(pretrained_state, Mapping):
         raise TypeError(f"pretrained_state must be a mapping of names to tensors (see backbone_state); "
@@ -140,54 +133,53 @@ class _L2SPPenalty:
         return l2sp_penalty(model, self.state_, self.alpha)
 
 
-@torch.no_grad()
 def weight_distance(model: nn.Module, pretrained_state: Mapping[str, torch.Tensor]) -> dict:
     """How far the backbone moved: ``||w - w0|| / ||w0||`` overall and per top-level block.
 
     Returns ``{"relative": float, "squared": float, "per_block": {name: relative}}``; the
     blocks are the first two parts of each parameter name (``bert.encoder`` ...).
+    Computed without gradients.
     """
-    head = _head_prefix(model)
-    diff_sq, ref_sq = 0.0, 0.0
-    blocks: dict[str, list[float]] = {}
-    for name, param in model.named_parameters():
-        if name.startswith(head) or name not in pretrained_state:
-            continue
-        w0 = pretrained_state[name].to(param.device, param.dtype)
-        d, r = float((param - w0).pow(2).sum()), float(w0.pow(2).sum())
-        diff_sq += d
-        ref_sq += r
-        acc = blocks.setdefault(".".join(name.split(".")[:2]), [0.0, 0.0])
-        acc[0] += d
-        acc[1] += r
+    import torch
+
+    with torch.no_grad():
+        head = _head_prefix(model)
+        diff_sq, ref_sq = 0.0, 0.0
+        blocks: dict[str, list[float]] = {}
+        for name, param in model.named_parameters():
+            if name.startswith(head) or name not in pretrained_state:
+                continue
+            w0 = pretrained_state[name].to(param.device, param.dtype)
+            d, r = float((param - w0).pow(2).sum()), float(w0.pow(2).sum())
+            diff_sq += d
+            ref_sq += r
+            acc = blocks.setdefault(".".join(name.split(".")[:2]), [0.0, 0.0])
+            acc[0] += d
+            acc[1] += r
     per_block = {k: (d / r) ** 0.5 if r > 0 else 0.0 for k, (d, r) in blocks.items()}
     return {"relative": (diff_sq / ref_sq) ** 0.5 if ref_sq > 0 else 0.0, "squared": diff_sq,
             "per_block": per_block}
 
 
-def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
-    """Cross-entropy against smoothed targets, written out (the reference formula).
+def train_l2sp(model, train_loader, val_loader=None, *, epochs=3, lr=1e-4, alpha=0.01, seed=0, progress=False,
+               **fit_kwargs) -> dict:
+    """Fine-tune with the L2-SP penalty ``alpha/2 ||w - w0||^2`` on the backbone.
 
-    The target puts ``1 - smoothing`` on the true class and spreads ``smoothing``
-    evenly over all ``K`` classes (the true one included, as PyTorch does)::
-
-        loss = mean over examples of  (1 - s) * (-log p_y)  +  s * mean_k (-log p_k)
-
-    It equals ``nn.CrossEntropyLoss(label_smoothing=s)(logits, labels)``.
-
-    Examples
-    --------
-    >>> logits = torch.tensor([[2.0, 0.0]])
-    >>> labels = torch.tensor([0])
-    >>> round(float(label_smoothing_loss(logits, labels, 0.0)), 4)  # plain cross-entropy
-    0.1269
+    Weight decay is turned off (``weight_decay=0``): it would pull the same weights
+    towards zero, against the penalty. Returns the backbone's relative drift too.
     """
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1); got {smoothing!r}.")
-    if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"expected logits (N, K) and labels (N,); got {tuple(logits.shape)} and "
-                         f"{tuple(labels.shape)}.")
-    log_p = F.log_softmax(logits, dim=-1)  # (N, K)
-    nll = -log_p.gather(1, labels[:, None]).squeeze(1)  # (N,)
-    uniform = -log_p.mean(dim=-1)  # (N,)
-    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
+    from ftlib.freezing import unfreeze
+    from ftlib.train import fit
+
+    arguments.number(alpha, "alpha", inclusive=True)
+    unfreeze(model)
+    w0 = backbone_state(model)
+    fit_kwargs.setdefault("weight_decay", 0.0)
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, seed=seed, progress=progress,
+                  penalty=lambda m: l2sp_penalty(m, w0, alpha), **fit_kwargs)
+    drift = weight_distance(model, w0)
+    return {"history": history, "weight_drift": drift["relative"],
+            "final_penalty": 0.5 * alpha * drift["squared"], **counts(model)}
+
+
+TECHNIQUE = entry("l2sp", train_l2sp, "penalty alpha/2 ||w - w0||^2 towards the pretrained backbone", ["alpha"])

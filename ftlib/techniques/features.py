@@ -17,27 +17,33 @@ Features are computed in eval mode (Dropout off, BatchNorm on its pretrained
 statistics) under ``torch.no_grad()`` and returned as NumPy arrays ``(X, y)``.
 :func:`cached_features` stores them in an ``.npz`` file keyed by model, data and seed.
 
-Fine-tuning lives in ``ftlib.train``; the techniques that use these pieces are in
-``ftlib.recipes`` (feature extraction, the linear probe of LP-FT).
+:func:`feature_extraction` is the ``feature-extraction`` technique; the linear probe of
+LP-FT (``ftlib.techniques.lpft``) uses :func:`head_inputs` and :func:`fit_classifier`.
+torch is imported when a function runs, not with the module (``ftlib --help`` reads the
+registry); :class:`ProbeModel` is defined on first use for the same reason.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ftlib import arguments
-from ftlib.heads import find_head
+from ftlib.techniques._registry import entry, feature_kwargs
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
 
 __all__ = [
+    "feature_extraction",
     "mean_pool",
     "text_encoder",
     "extract_features",
+    "last_linear",
     "head_inputs",
     "feature_cache_path",
     "cached_features",
@@ -65,6 +71,8 @@ def text_encoder(model: nn.Module) -> nn.Module:
 
     A model that is already a body (``BertModel``) is returned as is.
     """
+    from torch import nn
+
     prefix = getattr(model, "base_model_prefix", None)
     if prefix is None:
         raise TypeError(f"{type(model).__name__} is not a Hugging Face transformer; text features need one.")
@@ -85,6 +93,10 @@ def _check_layers(layers: int) -> None:
 
 def _batch_features(backbone: nn.Module, inputs: dict, layers: int = 1) -> torch.Tensor:
     """Features (B, D) of one batch without labels; the caller handles eval and no_grad."""
+    import torch
+
+    from ftlib.heads import find_head
+
     if _is_text_batch(inputs):
         encoder = text_encoder(backbone)
         if layers == 1:
@@ -114,8 +126,10 @@ def _batch_features(backbone: nn.Module, inputs: dict, layers: int = 1) -> torch
 
 
 def _run(model: nn.Module, loader: Iterable[dict], fn, device, progress: bool, desc: str):
+    import torch
+
     from ftlib.devices import to_device as _to
-    from ftlib.progress import _progress
+    from ftlib.progress import progress_bar
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -123,7 +137,7 @@ def _run(model: nn.Module, loader: Iterable[dict], fn, device, progress: bool, d
     features, labels = [], []
     try:
         with torch.no_grad():
-            for batch in _progress(loader, progress, desc=desc):
+            for batch in progress_bar(loader, progress, desc=desc):
                 if not isinstance(batch, dict) or "labels" not in batch:
                     raise TypeError("batches must be dicts with a 'labels' entry (see ftlib.data.make_loader); "
                                     f"got {type(batch).__name__}.")
@@ -153,13 +167,18 @@ def extract_features(backbone: nn.Module, loader: Iterable[dict], *, layers: int
     >>> X.shape                                        # doctest: +SKIP
     (2000, 384)
     """
+    from torch import nn
+
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module; got {type(backbone).__name__}.")
     _check_layers(layers)
     return _run(backbone, loader, lambda m, inputs: _batch_features(m, inputs, layers), device, progress, "features")
 
 
-def _last_linear(head: nn.Module) -> nn.Linear:
+def last_linear(head: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of a classification head: the layer a linear probe is copied into."""
+    from torch import nn
+
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"The head {head!r} contains no nn.Linear layer.")
@@ -173,8 +192,10 @@ def head_inputs(model: nn.Module, loader: Iterable[dict], *, device=None,
     For a BERT classifier that is the pooler output, for a CNN the pooled features:
     the inputs of a linear probe that can be copied into the head (LP-FT).
     """
+    from ftlib.heads import find_head
+
     _, head = find_head(model)
-    linear = _last_linear(head)
+    linear = last_linear(head)
 
     def fn(m: nn.Module, inputs: dict) -> torch.Tensor:
         from ftlib.devices import logits_and_labels
@@ -212,6 +233,8 @@ def cached_features(backbone: nn.Module, loader: Iterable[dict], *, cache_dir: s
     set, split, size, seed, preprocessing); a stale key gives stale features. With
     ``cache_dir=None`` nothing is cached.
     """
+    import numpy as np
+
     if cache_dir is None:
         return extract_features(backbone, loader, layers=layers, device=device, progress=progress)
     if layers != 1:
@@ -237,6 +260,7 @@ def fit_classifier(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None
     is returned; its ``val_scores_`` maps each C to its validation accuracy. A given
     ``classifier`` (any estimator) is fitted as is.
     """
+    import numpy as np
     from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -264,34 +288,113 @@ def fit_classifier(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None
     return model
 
 
-class ProbeModel(nn.Module):
-    """A frozen backbone plus a fitted scikit-learn classifier, usable as a torch model.
+def _probe_model_class() -> type:
+    """:class:`ProbeModel`, defined at the first call (it subclasses torch's ``nn.Module``)."""
+    if "ProbeModel" in globals():
+        return globals()["ProbeModel"]
+    import numpy as np
+    import torch
+    from torch import nn
 
-    ``forward`` returns log-probabilities (B, K) as logits, so ``ftlib.train.evaluate``
-    and :class:`ftlib.evaluate.HeldOutTest` work on feature extraction unchanged.
-    Inference only: nothing in it trains.
+    class ProbeModel(nn.Module):
+        """A frozen backbone plus a fitted scikit-learn classifier, usable as a torch model.
+
+        ``forward`` returns log-probabilities (B, K) as logits, so ``ftlib.train.evaluate``
+        and :class:`ftlib.evaluate.HeldOutTest` work on feature extraction unchanged.
+        Inference only: nothing in it trains.
+        """
+
+        def __init__(self, backbone: nn.Module, classifier, num_classes: int, layers: int = 1) -> None:
+            super().__init__()
+            _check_layers(layers)
+            self.backbone = backbone.eval()
+            self.classifier = classifier
+            self.num_classes = num_classes
+            self.layers = layers  # as given to extract_features when the classifier was fitted
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+
+        def train(self, mode: bool = True) -> "ProbeModel":
+            super().train(mode)
+            self.backbone.eval()  # always: the features were computed in eval mode
+            return self
+
+        @torch.no_grad()
+        def forward(self, pixel_values: torch.Tensor | None = None, **text_inputs) -> torch.Tensor:
+            inputs = {"pixel_values": pixel_values} if pixel_values is not None else text_inputs
+            X = _batch_features(self.backbone, inputs, self.layers).float().cpu().numpy()
+            proba = self.classifier.predict_proba(X)  # (B, classes seen in training)
+            out = np.full((len(X), self.num_classes), -1e9, dtype=np.float32)
+            out[:, np.asarray(self.classifier.classes_, dtype=np.int64)] = np.log(np.clip(proba, 1e-12, None))
+            return torch.from_numpy(out).to(next(self.backbone.parameters()).device)  # beside the labels
+
+    ProbeModel.__qualname__ = "ProbeModel"  # a module-level name, as pickle and repr expect
+    globals()["ProbeModel"] = ProbeModel
+    return ProbeModel
+
+
+def __getattr__(name: str):
+    if name == "ProbeModel":  # `from ftlib.techniques.features import ProbeModel` defines it
+        return _probe_model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def feature_extraction(model, train_loader, val_loader=None, *, Cs: Sequence[float] | None = None,
+                       layers: int | None = None, classifier=None, cache_dir=None, cache_key: dict | None = None,
+                       seed=0, progress=False) -> dict:
+    """Frozen features + a scikit-learn classifier (LogisticRegression, C chosen on validation).
+
+    Text models use the mean-pooled states of their last ``layers`` layers (default 4,
+    concatenated; see :func:`extract_features`), image models the pooled map the head sees.
+    ``Cs`` defaults to :data:`DEFAULT_CS`: 1,536 standardized features from
+    2,000 texts need strong regularization (the best C here is ~0.001).
+
+    Returns a :class:`ProbeModel` as ``"model"`` so the test set is
+    evaluated like any torch model. With ``cache_dir`` and ``cache_key`` (a dict naming
+    model, data set, seed...), features are cached per split.
     """
+    import numpy as np
+    from sklearn.metrics import log_loss
+    from torch import nn
 
-    def __init__(self, backbone: nn.Module, classifier, num_classes: int, layers: int = 1) -> None:
-        super().__init__()
-        _check_layers(layers)
-        self.backbone = backbone.eval()
-        self.classifier = classifier
-        self.num_classes = num_classes
-        self.layers = layers  # as given to extract_features when the classifier was fitted
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
+    from ftlib.freezing import freeze_backbone
+    from ftlib.heads import find_head
+    from ftlib.models import count_parameters
+    from ftlib.train import History
 
-    def train(self, mode: bool = True) -> "ProbeModel":
-        super().train(mode)
-        self.backbone.eval()  # always: the features were computed in eval mode
-        return self
+    start = time.perf_counter()
+    if layers is None:
+        config = getattr(model, "config", None)  # a transformer: its last four layers
+        layers = min(4, getattr(config, "num_hidden_layers", 1)) if hasattr(model, "base_model_prefix") else 1
+    freeze_backbone(model)
+    _, head = find_head(model)
+    num_classes = [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features
+    key = lambda split: None if cache_key is None else {**cache_key, "split": split}  # noqa: E731
+    cache = cache_dir if cache_key is not None else None
+    X, y = cached_features(model, train_loader, cache_dir=cache, key=key("train"), layers=layers, progress=progress)
+    Xv = yv = None
+    if val_loader is not None:
+        Xv, yv = cached_features(model, val_loader, cache_dir=cache, key=key("val"), layers=layers, progress=progress)
+    clf = fit_classifier(X, y, Xv, yv, Cs=Cs or DEFAULT_CS, classifier=classifier, seed=seed)
+    labels = list(range(num_classes))
+    record = {"epoch": 0, "train_loss": float(log_loss(y, clf.predict_proba(X), labels=labels)),
+              "train_accuracy": float((clf.predict(X) == y).mean()), "val_loss": None, "val_accuracy": None,
+              "lr": None}
+    if Xv is not None:
+        record["val_loss"] = float(log_loss(yv, clf.predict_proba(Xv), labels=labels))
+        record["val_accuracy"] = float((clf.predict(Xv) == yv).mean())
+    record["seconds"] = time.perf_counter() - start
+    history = History()
+    history.append(record)
+    history.best_epoch = 0
+    estimator = clf[-1] if hasattr(clf, "steps") else clf
+    n_params = int(np.size(getattr(estimator, "coef_", 0)) + np.size(getattr(estimator, "intercept_", 0)))
+    probe = _probe_model_class()(model, clf, num_classes, layers)
+    return {"history": history, "model": probe, "classifier": clf, "layers": layers,
+            "trainable_parameters": n_params, "total_parameters": count_parameters(model)[1] + n_params,
+            "val_scores": getattr(clf, "val_scores_", {})}
 
-    @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor | None = None, **text_inputs) -> torch.Tensor:
-        inputs = {"pixel_values": pixel_values} if pixel_values is not None else text_inputs
-        X = _batch_features(self.backbone, inputs, self.layers).float().cpu().numpy()
-        proba = self.classifier.predict_proba(X)  # (B, classes seen in training)
-        out = np.full((len(X), self.num_classes), -1e9, dtype=np.float32)
-        out[:, np.asarray(self.classifier.classes_, dtype=np.int64)] = np.log(np.clip(proba, 1e-12, None))
-        return torch.from_numpy(out).to(next(self.backbone.parameters()).device)  # beside the labels
+
+TECHNIQUE = entry("feature-extraction", feature_extraction,
+                  "frozen backbone features + LogisticRegression (C chosen on validation)",
+                  ["cache_dir"], kwargs_from=feature_kwargs)
