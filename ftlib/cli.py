@@ -57,7 +57,7 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from ftlib.userdata import inspect_data
+    from ftlib.data.files import inspect_data
 
     report = inspect_data(args.inspect, text_column=args.text_column, label_column=args.label_column,
                           group_column=args.group_column)
@@ -81,7 +81,7 @@ def _cmd_datasets(args) -> int:
         return _cmd_inspect(args)
     import importlib.util
 
-    from ftlib.datasets import DATASETS, FASHION_MNIST_DIR
+    from ftlib.data.registry import DATASETS, FASHION_MNIST_DIR
 
     def installed(name: str) -> str:
         if name == "fashion-mnist":
@@ -119,7 +119,7 @@ def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
 def _predict_inputs(args, task: str) -> list:
     from pathlib import Path
 
-    from ftlib.userdata import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_texts
+    from ftlib.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_texts
 
     if args.file:
         path = Path(args.file)
@@ -219,18 +219,23 @@ def _non_negative_float(text: str) -> float:
 
 
 def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alpha", type=_non_negative_float, help="l2sp: penalty strength (default 0.01)")
+    # The defaults are the registry's (its modules import torch only when a technique runs).
+    from ftlib.techniques import TECHNIQUES
+    from ftlib.techniques.adapters import GENERATIVE_RANK
+
+    default = {flag: TECHNIQUES[technique].options[name] for flag, (technique, name) in _TECHNIQUE_FLAGS.items()}
+    parser.add_argument("--alpha", type=_non_negative_float,
+                        help=f"l2sp: penalty strength (default {default['alpha']})")
     parser.add_argument("--layer-decay", type=_positive_float,
-                        help="discriminative: lr factor per block going down (default 0.95)")
-    parser.add_argument("--lora-rank", type=_positive_int, help="lora: adapter rank r (default 8; 16 for generative models)")
+                        help=f"discriminative: lr factor per block going down (default {default['layer_decay']})")
+    parser.add_argument("--lora-rank", type=_positive_int,
+                        help=f"lora: adapter rank r (default {default['lora_rank']}; {GENERATIVE_RANK} for generative "
+                             "models)")
     parser.add_argument("--frozen-blocks", type=_non_negative_int,
-                        help="partial: how many blocks from the bottom stay frozen (default 1: the embeddings)")
+                        help="partial: how many blocks from the bottom stay frozen "
+                             f"(default {default['frozen_blocks']}: the embeddings)")
 
 
-# The names of ftlib.techniques.TECHNIQUES, written out so that parsing options (and
-# `ftlib --help`) does not import torch; a test keeps the two equal.
-TECHNIQUE_NAMES = ("full", "partial", "scratch", "feature-extraction", "frozen", "lp-ft", "discriminative", "gradual",
-                   "l2sp", "lora")
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # ftlib.devices.PRECISIONS
 _PRECISION_HELP = ("auto: bf16 where the hardware runs it natively (a CUDA GPU with bf16; a CPU with AVX-512 "
                    "BF16 or AMX), fp16 with a gradient scaler on older GPUs, fp32 elsewhere; or forced. Default: "
@@ -245,7 +250,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _job_defaults_help(key: str) -> str:
+    """``--help``'s default of a ``finetune`` option for each job, read from ``ftlib.config``."""
+    from ftlib.config import job_defaults
+
+    jobs = (("text", "the text job"), ("image", "the image job"), ("text generation", "a generative model"))
+    values = [job_defaults(task)[key] for task, _ in jobs]
+    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    return "default " + ", ".join(f"{v} for {name}" for v, (_, name) in zip(shown, jobs))
+
+
+def _compare_defaults_help(key: str) -> str:
+    """``--help``'s default of a ``compare`` option, read from ``ftlib.config``."""
+    from ftlib.config import COMPARE
+
+    return "default " + ", ".join(f"{COMPARE[task][key]} for {task}" for task in COMPARE)
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from ftlib.techniques import TECHNIQUES  # the registry; no torch
+
     parser = _Parser(prog="ftlib", description="Fine-tune pretrained models, offline on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     sub.add_parser("models", help="list the registered pretrained models").set_defaults(func=_cmd_models)
@@ -270,17 +294,17 @@ def _build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-column", help="with --data: the column of labels (default: found by name)")
     ft.add_argument("--group-column", help="with --data: rows of one group stay in one split")
     ft.add_argument("--merge", action="store_true", help="lora: also save the adapter merged into the model")
-    ft.add_argument("--technique", choices=sorted(TECHNIQUE_NAMES),
-                    help="default: full (lora for generative models; they accept lora and full)")
-    ft.add_argument("--train-size", type=_positive_int)
-    ft.add_argument("--val-size", type=_positive_int)
-    ft.add_argument("--test-size", type=_positive_int)
-    ft.add_argument("--epochs", type=_positive_int)
-    ft.add_argument("--lr", type=_positive_float)
-    ft.add_argument("--batch-size", type=_positive_int, help="default 32 (4 for generative models)")
+    ft.add_argument("--technique", choices=sorted(TECHNIQUES),
+                    help=_job_defaults_help("technique") + "; generative models accept lora and full")
+    ft.add_argument("--train-size", type=_positive_int, help=_job_defaults_help("train_size"))
+    ft.add_argument("--val-size", type=_positive_int, help=_job_defaults_help("val_size"))
+    ft.add_argument("--test-size", type=_positive_int, help=_job_defaults_help("test_size"))
+    ft.add_argument("--epochs", type=_positive_int, help=_job_defaults_help("epochs"))
+    ft.add_argument("--lr", type=_positive_float, help=_job_defaults_help("lr"))
+    ft.add_argument("--batch-size", type=_positive_int, help=_job_defaults_help("batch_size"))
     ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--image-size", type=_positive_int, help="multiple of 32 (default 96)")
-    ft.add_argument("--max-length", type=_positive_int, help="tokens per text (default 64; 128 for generative models)")
+    ft.add_argument("--image-size", type=_positive_int, help="multiple of 32 (default: the model's, see `ftlib models`)")
+    ft.add_argument("--max-length", type=_positive_int, help="tokens per text; " + _job_defaults_help("max_length"))
     ft.add_argument("--precision", choices=PRECISION_NAMES, help=_PRECISION_HELP)
     ft.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                     help="with the seed, deterministic GPU kernels, so a re-run gives the same model (default); "
@@ -296,16 +320,16 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--task", choices=["text", "image"], default="text")
     cmp.add_argument("--model", help="registered model (default: the task's)")
     cmp.add_argument("--dataset", help="registered data set (default: the task's)")
-    cmp.add_argument("--techniques", nargs="+", choices=list(TECHNIQUE_NAMES), metavar="TECHNIQUE",
-                     help=f"techniques to compare, from: {', '.join(TECHNIQUE_NAMES)}")
+    cmp.add_argument("--techniques", nargs="+", choices=list(TECHNIQUES), metavar="TECHNIQUE",
+                     help=f"techniques to compare, from: {', '.join(TECHNIQUES)}")
     cmp.add_argument("--train-sizes", nargs="+", type=_positive_int, metavar="N")
     cmp.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
     cmp.add_argument("--val-size", type=_positive_int)
     cmp.add_argument("--test-size", type=_positive_int)
     cmp.add_argument("--epochs", type=_positive_int)
     cmp.add_argument("--lr", type=_positive_float)
-    cmp.add_argument("--batch-size", type=_positive_int, default=32)
-    cmp.add_argument("--max-length", type=_positive_int, default=64)
+    cmp.add_argument("--batch-size", type=_positive_int, help=_compare_defaults_help("batch_size"))
+    cmp.add_argument("--max-length", type=_positive_int, help=_compare_defaults_help("max_length"))
     cmp.add_argument("--image-size", type=_positive_int)
     cmp.add_argument("--out", help="output folder (default: runs/<time>-compare-<model>-<dataset>)")
     cmp.add_argument("--quick", action="store_true", help="a first look: fewer techniques, one seed (~2 min)")
@@ -375,6 +399,19 @@ def _restart_with_tcmalloc(argv: list[str]) -> None:
 ONEDNN_CACHE = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 
+def _grading_command(name: str, argv: list[str]) -> int:
+    """``ftlib check``/``ftlib grade``: handed to the grader, a distribution of its own (``grading/``)."""
+    try:
+        from ftgrade import check, grade
+    except ModuleNotFoundError as err:
+        if err.name != "ftgrade":
+            raise
+        print(f"ftlib {name}: the course's grader is not installed; install it from the repository with "
+              "`pip install -e ./grading` (`make setup` does).", file=sys.stderr)
+        return 2
+    return check.check_main(argv) if name == "check" else grade.grade_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default; hub ids opt in
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -382,23 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line, not a call from Python: the process is ours
         _restart_with_tcmalloc(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "check":  # the grading commands parse their own options
-        from ftlib.grading.check import check_main
-
-        return check_main(argv[1:])
-    if argv and argv[0] == "grade":
-        from ftlib.grading.grade import grade_main
-
-        return grade_main(argv[1:])
+    if argv and argv[0] in ("check", "grade"):  # the grader's commands parse their own options
+        return _grading_command(argv[0], argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "allow_download", False):
         os.environ.pop("HF_HUB_OFFLINE", None)
-    from ftlib.datasets import MissingDatasetError
+    from ftlib.data.registry import MissingDatasetError
 
     try:
         return args.func(args)
-    except (ValueError, MissingDatasetError, ImportError) as err:  # ftlib.userdata.DataError too
+    except (ValueError, MissingDatasetError, ImportError) as err:  # ftlib.data.DataError too
         from ftlib.arguments import ArgumentError
 
         # The library names its Python argument (lr); here the user typed a flag (--lr).

@@ -29,24 +29,10 @@ from typing import Callable
 import numpy as np
 
 from ftlib import arguments
+from ftlib.config import COMPARE, COMPARE_QUICK, JOBS
 
-__all__ = ["COMPARE_DEFAULTS", "QUICK", "CompareConfig", "compare", "estimate_seconds", "summarize",
+__all__ = ["CompareConfig", "compare", "estimate_seconds", "summarize",
            "summary_markdown", "plot_accuracy_vs_train_size", "plot_times"]
-
-# Sized for about 15 minutes on an idle 2-core CPU (more when the machine is shared).
-COMPARE_DEFAULTS = {
-    "text": {"techniques": ["full", "feature-extraction", "lp-ft", "lora"], "train_sizes": [100, 500],
-             "seeds": [0, 1, 2], "val_size": 500, "test_size": 1000},
-    "image": {"techniques": ["scratch", "full", "feature-extraction", "lp-ft"], "train_sizes": [100, 500],
-              "seeds": [0, 1, 2], "val_size": 500, "test_size": 1000},
-}
-# A first look in about 2 minutes.
-QUICK = {
-    "text": {"techniques": ["full", "feature-extraction"], "train_sizes": [100, 500], "seeds": [0],
-             "val_size": 200, "test_size": 500},
-    "image": {"techniques": ["scratch", "full", "feature-extraction"], "train_sizes": [100, 500], "seeds": [0],
-              "val_size": 200, "test_size": 500},
-}
 
 # Seconds per example on an idle 2-core CPU, for the estimate (MiniLM: measured on Rotten
 # Tomatoes with length-grouped batches, bench/techniques/rotten_tomatoes.sh, 2026-11-28).
@@ -71,8 +57,8 @@ class CompareConfig:
     test_size: int | None = None
     epochs: int | None = None
     lr: float | None = None
-    batch_size: int = 32
-    max_length: int = 64
+    batch_size: int | None = None
+    max_length: int | None = None
     image_size: int | None = None
     quick: bool = False
     technique_options: dict = field(default_factory=dict)  # technique -> {option: value}
@@ -82,13 +68,11 @@ class CompareConfig:
 
     def resolved(self) -> "CompareConfig":
         from ftlib.models import get_model_spec
-        from ftlib.pipeline import TASK_DEFAULTS
         from ftlib.techniques import TECHNIQUES
 
-        if self.task not in TASK_DEFAULTS:
-            raise ValueError(f"--task must be one of {sorted(TASK_DEFAULTS)}; got {self.task!r}.")
+        arguments.one_of(self.task, "task", sorted(COMPARE))
         values = asdict(self)
-        defaults = {**TASK_DEFAULTS[self.task], **(QUICK if self.quick else COMPARE_DEFAULTS)[self.task]}
+        defaults = {**JOBS[self.task], **(COMPARE_QUICK if self.quick else COMPARE)[self.task]}
         for key, default in defaults.items():
             if key in values and values[key] is None:  # the task defaults also name fields compare lacks
                 values[key] = default
@@ -97,7 +81,7 @@ class CompareConfig:
             if name not in TECHNIQUES:
                 raise ValueError(f"Unknown technique {name!r}. Available techniques: {', '.join(TECHNIQUES)}.")
         if len(set(cfg.techniques)) != len(cfg.techniques) or not cfg.techniques:
-            raise ValueError(f"--techniques must name each technique once; got {cfg.techniques}.")
+            raise arguments.ArgumentError("techniques", "must name each technique once", cfg.techniques)
         spec = get_model_spec(cfg.model)
         text_only = [t for t in cfg.techniques if TECHNIQUES[t].text_only and spec.task != "text"]
         if text_only:
@@ -108,9 +92,9 @@ class CompareConfig:
         for key in ("train_sizes", "seeds"):
             items = getattr(cfg, key)
             if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
-                raise ValueError(f"--{key.replace('_', '-')} must be a non-empty list of integers; got {items!r}.")
+                raise arguments.ArgumentError(key, "must be a non-empty list of integers", items)
         if any(v < 1 for v in cfg.train_sizes):
-            raise ValueError(f"--train-sizes must be positive; got {cfg.train_sizes}.")
+            raise arguments.ArgumentError("train_sizes", "must be positive", cfg.train_sizes)
         for key in ("val_size", "test_size", "epochs", "batch_size", "max_length"):
             value = getattr(cfg, key)
             arguments.integer(value, key)

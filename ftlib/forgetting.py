@@ -23,8 +23,9 @@ a few general prompts (:data:`GENERAL_PROMPTS`: a fact, a haiku, arithmetic, a s
 and their mean per-token negative log-likelihood under the model itself. After it,
 :func:`generative_forgetting` asks the same prompts again (the share of identical replies)
 and scores the *base* model's replies under the fine-tuned model: their perplexity rising
-means the fine-tuned model would no longer say what it said before, as when sentiment
-fine-tuning makes a model answer "positive" to everything.
+means the fine-tuned model finds what it said before less likely, as when sentiment
+fine-tuning pulls a model towards answering "positive" to everything. The two measures can
+disagree: a reply can change while its old wording stays likely, and the reverse.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from torch.nn import functional as F
 
 from ftlib import arguments
 from ftlib.heads import find_head
-from ftlib.regularization import backbone_state, weight_distance
+from ftlib.techniques.l2sp import backbone_state, weight_distance
 
 __all__ = ["sanity_check_imagenet", "probe_photos", "reattach_head", "restore_buffers", "imagenet_predictions",
            "forgetting_report", "GENERAL_PROMPTS", "reply_nll", "general_replies", "generative_forgetting"]
@@ -50,7 +51,7 @@ def sanity_check_imagenet(model: nn.Module | None = None, *, k: int = 5, size: i
 
     Expect "palace" (or a similar building) first for ``china`` and "daisy" for ``flower``.
     """
-    from ftlib.batches import prepare_images
+    from ftlib.data.batches import prepare_images
     from ftlib.models import MODELS, load_model
     from ftlib.weights import imagenet_class_names, sample_photos, top_k_classes
 
@@ -70,7 +71,7 @@ def probe_photos(num_crops: int = 16, size: int = 224, seed: int = 0) -> torch.T
     Each photo gives its centred square crop plus ``num_crops`` random square crops
     (a third to all of the shorter side), normalized for EfficientNet-Lite0.
     """
-    from ftlib.batches import prepare_images
+    from ftlib.data.batches import prepare_images
     from ftlib.models import MODELS
     from ftlib.weights import sample_photos
 

@@ -18,25 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from ftlib import arguments
+from ftlib.config import GENERATIVE_FULL_LR, JOBS, job_defaults
 from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
 
-__all__ = ["TASK_DEFAULTS", "FinetuneConfig", "finetune", "build_loaders"]
-
-TASK_DEFAULTS = {
-    "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "technique": "full", "epochs": 3, "lr": 1e-4,
-             "batch_size": 32, "max_length": 64, "precision": "auto"},
-    "image": {"model": "efficientnet-lite0", "dataset": "fashion-mnist", "technique": "full", "epochs": 3,
-              "lr": 1e-3, "batch_size": 32, "max_length": 64, "precision": "fp32"},
-    # A generative model answering instructions (ftlib.pipeline_llm); lr is LoRA's.
-    "text generation": {"model": "smollm2-135m", "dataset": "rotten-tomatoes", "technique": "lora", "epochs": 1,
-                        "lr": 2e-4, "batch_size": 4, "max_length": 128, "train_size": 512, "val_size": 100,
-                        "test_size": 500, "precision": "auto"},
-}
+__all__ = ["FinetuneConfig", "finetune", "build_loaders"]
 
 
 @dataclass
 class FinetuneConfig:
-    """Settings of one fine-tuning run; ``None`` means "the task's default"."""
+    """Settings of one fine-tuning run; ``None`` means the default of the task's job (``ftlib.config``)."""
 
     task: str = "text"
     model: str | None = None
@@ -57,7 +47,7 @@ class FinetuneConfig:
     technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
     # "auto" (bf16 or fp16 where the hardware runs it natively, see ftlib.devices), "fp32", "bf16", "fp16"
     precision: str | None = None
-    # Your own data instead of a registered data set (see ftlib.userdata); None sizes there
+    # Your own data instead of a registered data set (see ftlib.data.files); None sizes there
     # mean whole splits.
     data: str | None = None
     val_data: str | None = None
@@ -74,8 +64,7 @@ class FinetuneConfig:
         from ftlib.data import DATASETS
         from ftlib.models import get_model_spec
 
-        if self.task not in TASK_DEFAULTS:
-            raise ValueError(f"--task must be one of {sorted(TASK_DEFAULTS)}; got {self.task!r}.")
+        arguments.one_of(self.task, "task", sorted(JOBS))
         values = asdict(self)
         if self.data is not None:  # the task follows from the data: a folder of images or a table of texts
             values["task"] = _data_task(self.data)
@@ -83,7 +72,9 @@ class FinetuneConfig:
         elif self.model is not None and self.task == "text":  # a generative model implies its task
             task = get_model_spec(self.model, allow_download=self.allow_download).task
             values["task"] = "text generation" if task == "text generation" else self.task
-        for key, default in TASK_DEFAULTS[values["task"]].items():
+        # The task's job; on a registered data set, its budget too (sizes, epochs, batch size).
+        job = JOBS[values["task"]] if self.data is not None else job_defaults(values["task"], values["dataset"])
+        for key, default in job.items():
             if values[key] is None:
                 values[key] = default
         cfg = FinetuneConfig(**values)
@@ -99,18 +90,10 @@ class FinetuneConfig:
             raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
         data_spec = DATASETS[cfg.dataset]
         if cfg.task == "text generation":
-            if self.test_size is None:  # the job's 500, or fewer where the data set's test split is smaller
-                cfg.test_size = min(cfg.test_size, data_spec.sizes[2])
             return _resolve_generation(cfg, spec, data_spec)
         if spec.task != data_spec.task:
             raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but dataset {cfg.dataset!r} is a "
                              f"{data_spec.task} task; pick a {data_spec.task} model (see `ftlib models`).")
-        for key, size in zip(("train_size", "val_size", "test_size"), data_spec.sizes):
-            if getattr(cfg, key) is None:
-                setattr(cfg, key, size)
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) is None and getattr(data_spec, key) is not None:
-                setattr(cfg, key, getattr(data_spec, key))
         return _check_numbers(cfg, optional_sizes=False)
 
 
@@ -118,7 +101,7 @@ def _data_task(path: str) -> str:
     """"image" for a folder (one sub-folder per class), "text" for a file."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"--data {path}: no such file or folder.")
+        raise arguments.ArgumentError("data", "must be an existing file or folder", path)
     return "image" if p.is_dir() else "text"
 
 
@@ -133,7 +116,7 @@ def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConf
 
     arguments.one_of(cfg.precision, "precision", PRECISIONS)
     if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
-        raise ValueError(f"--image-size must be a multiple of 32 (64, 96, 224...); got {cfg.image_size!r}.")
+        raise arguments.ArgumentError("image_size", "must be a multiple of 32 (64, 96, 224...)", cfg.image_size)
     from ftlib.techniques import TECHNIQUES
 
     arguments.one_of(cfg.technique, "technique", sorted(TECHNIQUES))
@@ -150,10 +133,10 @@ def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
         raise ValueError(f"Dataset {cfg.dataset!r} has no instruction framing; generative models are fine-tuned on "
                          f"{', '.join(INSTRUCTIONS)}.")
     if cfg.technique not in ("lora", "full"):
-        raise ValueError(f"--technique for a generative model must be 'lora' or 'full'; got {cfg.technique!r}.")
+        raise arguments.ArgumentError("technique", "must be 'lora' or 'full' for a generative model", cfg.technique)
     arguments.one_of(cfg.precision, "precision", ("auto", "bf16", "fp32"))
-    if cfg.technique == "full" and cfg.lr == TASK_DEFAULTS["text generation"]["lr"]:
-        cfg.lr = 2e-5  # every weight moves: a tenth of LoRA's rate
+    if cfg.technique == "full" and cfg.lr == JOBS["text generation"]["lr"]:
+        cfg.lr = GENERATIVE_FULL_LR
     for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
         arguments.integer(getattr(cfg, key), key)
     arguments.number(cfg.lr, "lr")
@@ -207,7 +190,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         f"input {spec.input_size}; weights: {spec.source}")
 
     if cfg.data is not None:
-        from ftlib.userdata import load_splits
+        from ftlib.data.files import load_splits
 
         raw, splits = load_splits(cfg.data, val_path=cfg.val_data, test_path=cfg.test_data, seed=cfg.seed,
                                   train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
@@ -247,7 +230,7 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     log(f"[7/7] Test (touched once, {metrics_test['num_examples']} examples): accuracy {metrics_test['accuracy']:.4f} "
         f"(95% CI {low:.3f}-{high:.3f}), macro F1 {metrics_test['macro_f1']:.4f}")
 
-    from ftlib.features import ProbeModel
+    from ftlib.techniques.features import ProbeModel
     from ftlib.saving import save_finetuned
 
     image_size = cfg.image_size or spec.image_size or 96

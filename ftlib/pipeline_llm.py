@@ -72,6 +72,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     from ftlib.models import count_parameters, get_model_spec, load_causal_lm
     from ftlib.optim import adamw
     from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
+    from ftlib.techniques.adapters import GENERATIVE_RANK
     from ftlib.train import fit, set_seed
 
     started = time.perf_counter()
@@ -124,7 +125,7 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         f"{zero_shot['accuracy']:.4f}, macro F1 {zero_shot['macro_f1']:.4f}")
 
     if cfg.technique == "lora":
-        r = int(cfg.technique_options.get("r", 16))
+        r = int(cfg.technique_options.get("r", GENERATIVE_RANK))
         model = sft.add_lora(model, r=r, alpha=2 * r)
         what = f"LoRA r={r}, alpha {2 * r}, on every linear layer of the {model.config.num_hidden_layers} blocks"
     else:

@@ -33,3 +33,30 @@ def test_number_inclusive_and_one_of():
     assert one_of("bf16", "precision", ["fp32", "bf16"]) == "bf16"
     with pytest.raises(ArgumentError, match=r"^precision must be one of \['fp32', 'bf16'\]; got 'half'\.$"):
         one_of("half", "precision", ["fp32", "bf16"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"task": "image", "model": "tiny-cnn", "image_size": 50},
+     r"^image_size must be a multiple of 32 \(64, 96, 224\.\.\.\); got 50\.$"),
+    ({"model": "tiny-llama", "technique": "gradual"},
+     r"^technique must be 'lora' or 'full' for a generative model; got 'gradual'\.$"),
+    ({"data": "no-such-file.csv"}, r"^data must be an existing file or folder; got 'no-such-file.csv'\.$"),
+])
+def test_finetune_errors_name_the_python_argument_not_a_flag(options, message):
+    from ftlib.pipeline import finetune
+
+    with pytest.raises(ArgumentError, match=message):
+        finetune(progress=False, log=lambda *_: None, **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"train_sizes": [0]}, r"^train_sizes must be positive; got \[0\]\.$"),
+    ({"seeds": []}, r"^seeds must be a non-empty list of integers; got \[\]\.$"),
+    ({"techniques": ["full", "full"]}, r"^techniques must name each technique once; got \['full', 'full'\]\.$"),
+    ({"task": "audio"}, r"^task must be one of \['image', 'text', 'text generation'\]; got 'audio'\.$"),
+])
+def test_compare_errors_name_the_python_argument_not_a_flag(options, message):
+    from ftlib.compare import CompareConfig
+
+    with pytest.raises(ArgumentError, match=message):
+        CompareConfig(**options).resolved()

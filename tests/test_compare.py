@@ -26,7 +26,7 @@ def _cli_error(capsys, *args) -> str:
     (["--alpha", "-1", "--techniques", "l2sp"], "--alpha: expected a number >= 0"),
     (["--task", "image", "--model", "tiny-cnn", "--techniques", "scratch"], "has no pretrained weights"),
     (["--model", "tiny-cnn"], "is an image model"),
-    (["--techniques", "full", "full"], "must name each technique once"),
+    (["--techniques", "full", "full"], "--techniques must name each technique once; got ['full', 'full']."),
     (["--lr", "0"], "--lr: expected a number > 0"),
 ])
 def test_compare_bad_options_one_line_exit_2(capsys, args, message):

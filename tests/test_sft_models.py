@@ -3,7 +3,7 @@ import importlib.util
 
 import pytest
 
-from ftlib import models
+from ftlib import gguf_weights, models
 from ftlib.models import MODELS, cache_dir, get_model_spec, load_causal_lm, load_model, tiny_chat_tokenizer
 
 
@@ -104,10 +104,10 @@ def test_a_first_load_says_it_converts_and_runs_the_conversion_in_a_child(monkey
         return subprocess.CompletedProcess(args, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", child)
-    assert models._smollm2_bf16_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized-bf16"
-    assert len(started) == 1 and "_convert_smollm2()" in started[0][-1]
+    assert gguf_weights.smollm2_bf16_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized-bf16"
+    assert len(started) == 1 and "convert_smollm2()" in started[0][-1]
     assert "Converting SmolLM2-135M-Instruct" in capsys.readouterr().err
-    assert models._smollm2_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized" and len(started) == 1
+    assert gguf_weights.smollm2_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized" and len(started) == 1
 
 
 def test_a_read_only_cache_without_bf16_gives_the_fp32_folder_and_starts_no_child(monkeypatch, tmp_path):
@@ -115,6 +115,6 @@ def test_a_read_only_cache_without_bf16_gives_the_fp32_folder_and_starts_no_chil
 
     monkeypatch.setenv("FTLIB_CACHE", str(tmp_path))
     _fake_cache(tmp_path / "smollm2-135m-instruct-q4_1-dequantized")
-    monkeypatch.setattr(models.os, "access", lambda path, mode: False)  # a grader's read-only copy
+    monkeypatch.setattr(gguf_weights.os, "access", lambda path, mode: False)  # a grader's read-only copy
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no conversion in a read-only cache"))
-    assert models._smollm2_bf16_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized"
+    assert gguf_weights.smollm2_bf16_folder() == tmp_path / "smollm2-135m-instruct-q4_1-dequantized"

@@ -46,7 +46,7 @@ def get_check(module: str, exercise: str):
 
 
 def __getattr__(name):
-    # Lazily: `ftlib.checks._remote`, which a grading kernel imports to answer the grader,
+    # Lazily: `ftlib.checks.remote`, which a grading kernel imports to answer the grader,
     # must not cost it an import of torch.
     if name in ("CheckFailure", "BNNet"):
         return getattr(import_module("ftlib.checks._common"), name)

@@ -115,6 +115,15 @@ def _cells(tb) -> list[str]:
     return out
 
 
+def error_text(err: BaseException, limit: int = 2000) -> str:
+    """``str(err)``, cut to ``limit`` characters, for a message: a learner's exception's text,
+    or ``<TypeName>`` when its ``__str__`` itself fails."""
+    try:
+        return str(err)[:limit]
+    except Exception:  # a learner's exception whose __str__ fails
+        return f"<{type(err).__name__}>"
+
+
 def _short(value: Any, limit: int = 300) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

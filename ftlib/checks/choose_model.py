@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ftlib.checks._common import BNNet, as_int, as_tuple, call, expect, quiet
-from ftlib.checks._remote import observe
+from ftlib.checks.remote import observe
 from ftlib.models import count_parameters as reference
 
 __all__ = ["check_count_parameters", "probe_count_parameters", "reference"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ftlib.checks._common import CheckFailure, array_equal, as_array, as_float, as_tuple, call, expect, quiet
-from ftlib.checks._remote import observe
+from ftlib.checks.remote import observe
 from ftlib.evaluate import bootstrap_interval as reference_bootstrap_interval
 from ftlib.evaluate import confusion_matrix as reference_confusion_matrix
 from ftlib.evaluate import macro_f1 as reference_macro_f1

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
-from ftlib.checks._common import BNNet, CheckFailure, as_float, call, expect, quiet
-from ftlib.checks._remote import observe
+from ftlib.checks._common import error_text, BNNet, CheckFailure, as_float, call, expect, quiet
+from ftlib.checks.remote import observe
 from ftlib.optim import param_groups as reference_param_groups
 from ftlib.optim import warmup_cosine as reference_warmup_cosine
 
@@ -101,13 +101,6 @@ def _tiny_bert():
     return load_model("tiny-bert", num_classes=2)
 
 
-def _text(err: BaseException) -> str:
-    try:
-        return str(err)[:2000]
-    except Exception:  # a learner's exception whose __str__ fails
-        return f"<{type(err).__name__}>"
-
-
 def probe_param_groups(param_groups, *, thorough: bool = False) -> dict:
     """Where the learner's code runs: their groups with each parameter named, and what AdamW made of them."""
     with quiet():
@@ -123,7 +116,7 @@ def probe_param_groups(param_groups, *, thorough: bool = False) -> dict:
                 torch.optim.AdamW(groups)
                 refused = None
             except Exception as err:
-                refused = f"{type(err).__name__}: {_text(err)}"
+                refused = f"{type(err).__name__}: {error_text(err)}"
             cases.append({"flags_changed": flags_changed, "groups": as_data, "adamw_refused": refused})
         bert = None
         if thorough:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ftlib import sft as reference
-from ftlib.checks._common import CheckFailure, as_float, call, expect, first_difference, quiet
-from ftlib.checks._remote import observe
+from ftlib.checks._common import error_text, CheckFailure, as_float, call, expect, first_difference, quiet
+from ftlib.checks.remote import observe
 
 __all__ = ["check_build_sft_example", "check_collate_sft", "check_causal_lm_loss", "check_score_choices",
            "check_greedy_generate", "tiny_chat_model", "probe_build_sft_example", "probe_collate_sft",
@@ -75,13 +75,6 @@ def _label(completion: str, max_length: int) -> str:
 _NO_ROOM = ("Is this review positive or negative?\n\nReview: a fine film.", "positive", 3)
 
 
-def _text(err: BaseException) -> str:
-    try:
-        return str(err)
-    except Exception:  # a learner's exception whose __str__ fails
-        return f"<{type(err).__name__}>"
-
-
 def probe_build_sft_example(build_sft_example, *, thorough: bool = False) -> dict:
     """Where the learner's code runs: their example for each case, as lists of ints, and what
     a max_length too small for any prompt token did."""
@@ -93,9 +86,9 @@ def probe_build_sft_example(build_sft_example, *, thorough: bool = False) -> dic
         try:
             result = build_sft_example(tok, *_NO_ROOM)
         except ValueError as err:
-            no_room = {"kind": "ValueError", "message": _text(err)}
+            no_room = {"kind": "ValueError", "message": error_text(err)}
         except Exception as err:
-            no_room = {"kind": "other", "found": f"{type(err).__name__}: {_text(err)}"}
+            no_room = {"kind": "other", "found": f"{type(err).__name__}: {error_text(err)}"}
         else:
             ids = result.get("input_ids") if isinstance(result, dict) else None
             no_room = {"kind": "returned", "length": len(ids) if isinstance(ids, list) else None}

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, allclose, array_equal, as_array, as_float, as_int,
+from ftlib.checks._common import (error_text, BNNet, ModeSpy, CheckFailure, allclose, array_equal, as_array, as_float, as_int,
                                   call, expect, quiet, same_state, state_snapshot)
-from ftlib.checks._remote import observe
+from ftlib.checks.remote import observe
 from ftlib.weights import LoadReport
 from ftlib.weights import load_pretrained_weights as reference_load
 from ftlib.weights import top_k_classes as reference_top_k
@@ -53,13 +53,6 @@ def _without_head(source: BNNet) -> dict:
     return state
 
 
-def _text(err: BaseException) -> str:
-    try:
-        return str(err)
-    except Exception:  # a learner's exception whose __str__ fails
-        return f"<{type(err).__name__}>"
-
-
 def probe_load_pretrained_weights(load_pretrained_weights, *, thorough: bool = False) -> dict:
     """Where the learner's code runs: the keys they report, the model's tensors after loading, what they raised."""
     with quiet():
@@ -84,9 +77,9 @@ def probe_load_pretrained_weights(load_pretrained_weights, *, thorough: bool = F
         except NotImplementedError:
             raised = {"kind": "not implemented"}
         except ValueError as err:
-            raised = {"kind": "ValueError", "message": _text(err)}
+            raised = {"kind": "ValueError", "message": error_text(err)}
         except Exception as err:
-            raised = {"kind": "other", "found": f"{type(err).__name__}: {_text(err)}"}
+            raised = {"kind": "other", "found": f"{type(err).__name__}: {error_text(err)}"}
         return {"same": same, "same_after": same_after, "headless": headless,
                 "headless_keys_after": headless_keys_after, "headless_after": headless_after,
                 "mismatch_raised": raised, "mismatch_after": state_snapshot(target)}

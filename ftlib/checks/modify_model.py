@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ftlib.checks._common import (BNNet, CheckFailure, as_float, as_int, call, expect, quiet, same_state,
+from ftlib.checks._common import (error_text, BNNet, CheckFailure, as_float, as_int, call, expect, quiet, same_state,
                                   state_snapshot)
-from ftlib.checks._remote import observe
+from ftlib.checks.remote import observe
 from ftlib.freezing import block_names
 from ftlib.freezing import freeze_backbone as reference_freeze_backbone
 from ftlib.freezing import freeze_up_to as reference_freeze_up_to
@@ -89,14 +89,7 @@ def _output_shape(run) -> dict:
     except CheckFailure:
         raise
     except Exception as err:
-        return {"error": f"{type(err).__name__}: {_text(err)}"}
-
-
-def _text(err: BaseException) -> str:
-    try:
-        return str(err)[:2000]
-    except Exception:  # a learner's exception whose __str__ fails
-        return f"<{type(err).__name__}>"
+        return {"error": f"{type(err).__name__}: {error_text(err)}"}
 
 
 def _expect_shape(output: dict, want: tuple, what: str, label: str) -> None:
@@ -253,7 +246,7 @@ def probe_freeze_up_to(freeze_up_to, *, thorough: bool = False) -> dict:
         except NotImplementedError:
             raise CheckFailure("freeze_up_to is not implemented yet.") from None
         except Exception as err:
-            raised = {"type": type(err).__name__, "value_error": isinstance(err, ValueError), "message": _text(err)}
+            raised = {"type": type(err).__name__, "value_error": isinstance(err, ValueError), "message": error_text(err)}
         else:
             raised = None
         return {"cases": cases, "bad_name": raised}

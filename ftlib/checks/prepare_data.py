@@ -6,7 +6,7 @@ import torch
 
 from ftlib.checks._common import (CheckFailure, allclose, array_equal, as_array, as_tuple, call, expect,
                                   quiet)
-from ftlib.checks._remote import observe
+from ftlib.checks.remote import observe
 from ftlib.data import collate_text as reference_collate_text
 from ftlib.data import prepare_images as reference_prepare_images
 

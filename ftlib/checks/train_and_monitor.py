@@ -8,7 +8,7 @@ from torch import nn
 
 from ftlib.checks._common import (BNNet, ModeSpy, CheckFailure, as_float, call, expect, quiet, same_state, state_snapshot,
                                   tiny_image_loader)
-from ftlib.checks._remote import observe
+from ftlib.checks.remote import observe
 from ftlib.freezing import freeze_up_to
 from ftlib.train import EarlyStopping as ReferenceEarlyStopping
 from ftlib.train import evaluate as reference_evaluate

@@ -2,7 +2,7 @@
 import pytest
 
 from ftlib.checks import EXERCISES, CheckFailure, get_check
-from ftlib.checks._remote import LoopbackChannel
+from ftlib.checks.remote import LoopbackChannel
 from wrong_answers import WRONG
 
 # "local": the check calls the answer in its own process (ftlib check, the learner suite);

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ftlib.data import load_dataset, split_dataset
-from ftlib.pipeline import TASK_DEFAULTS
+from ftlib.config import JOBS
 from ftlib.saving import load_finetuned
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,7 +29,7 @@ def default_run(tmp_path_factory):
 
 
 def _test_split(metrics):
-    defaults = TASK_DEFAULTS["text"]
+    defaults = JOBS["text"]
     assert metrics["model"] == defaults["model"] and metrics["dataset"] == defaults["dataset"]
     splits = split_dataset(load_dataset(metrics["dataset"]), train_size=metrics["train_size"],
                            val_size=metrics["val_size"], test_size=metrics["test_size"], seed=metrics["seed"])
@@ -57,7 +57,7 @@ def test_the_saved_model_answers_in_transformers_pipeline_as_in_ftlib(default_ru
     texts = list(_test_split(metrics).inputs[:64])
     ours = [p["label"] for p in load_finetuned(metrics["model_path"]).predict(texts)]
     classify = pipeline("text-classification", model=metrics["model_path"], device="cpu")
-    theirs = [r["label"] for r in classify(texts, truncation=True, max_length=TASK_DEFAULTS["text"]["max_length"])]
+    theirs = [r["label"] for r in classify(texts, truncation=True, max_length=JOBS["text"]["max_length"])]
     assert theirs == ours
 
 
