@@ -18,7 +18,6 @@ The techniques themselves are in ``ftlib.techniques``; this module only runs the
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 import time
@@ -152,20 +151,18 @@ def compare(config: CompareConfig | None = None, *, log: Callable[[str], None] =
     Returns the per-run rows (also in ``<out>/results.csv``).
     """
     from ftlib.data import load_dataset, split_dataset
-    from ftlib.devices import is_main_process
     from ftlib.evaluate import HeldOutTest
     from ftlib.models import load_model, load_tokenizer
-    from ftlib.pipeline import FinetuneConfig, build_loaders
+    from ftlib.config import FinetuneConfig
+    from ftlib.runner import Run, build_loaders
     from ftlib.techniques import TECHNIQUES
     from ftlib.train import set_seed
 
     cfg = (config or CompareConfig(**options)).resolved()
-    main = is_main_process()  # under `accelerate launch` every process trains; one writes and prints
-    log = log if main else (lambda *_: None)
-    out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare-{cfg.model}-{cfg.dataset}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    run = Run(cfg.out, f"compare-{cfg.model}-{cfg.dataset}", log)
+    # Under `accelerate launch` every process trains; one writes and prints.
+    main, log, out = run.main, run.log, run.out
+    run.write_json("config.json", asdict(cfg))
     estimate = estimate_seconds(cfg)
     total_runs = len(cfg.seeds) * len(cfg.train_sizes) * len(cfg.techniques)
     log(f"Comparing {', '.join(cfg.techniques)} on {cfg.dataset} ({cfg.model}); train sizes {cfg.train_sizes}, "

@@ -1,8 +1,9 @@
 """Every default of a run, in one place: what ``ftlib finetune`` and ``ftlib compare`` run
 when an option is not given.
 
-A run's settings are a :class:`ftlib.pipeline.FinetuneConfig` (or ``CompareConfig``); a
-``None`` field takes its value from here, in this order:
+A run's settings are a :class:`FinetuneConfig` (``ftlib compare``'s grid: ``ftlib.compare.CompareConfig``);
+``FinetuneConfig.resolved()`` fills every ``None`` field from here, in this order, and validates
+the whole with messages that name the field:
 
 1. :data:`JOBS`: the task's job (``ftlib finetune`` is the "text" job, ``--task image``
    the "image" job, a generative model the "text generation" job);
@@ -16,7 +17,12 @@ reads everything it shows from these tables.
 """
 from __future__ import annotations
 
-__all__ = ["JOBS", "DATA_BUDGETS", "DEFAULT_SIZES", "COMPARE", "COMPARE_QUICK", "job_defaults"]
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ftlib import arguments
+
+__all__ = ["FinetuneConfig", "JOBS", "DATA_BUDGETS", "DEFAULT_SIZES", "COMPARE", "COMPARE_QUICK", "job_defaults"]
 
 JOBS = {
     "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "technique": "full", "epochs": 3, "lr": 1e-4,
@@ -70,3 +76,122 @@ def job_defaults(task: str, dataset: str | None = None) -> dict:
     job.update(zip(("train_size", "val_size", "test_size"), sizes))
     job.update({k: budget[k] for k in ("epochs", "batch_size") if k in budget})
     return job
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run; ``None`` means the default of the task's job (``ftlib.config``)."""
+
+    task: str = "text"
+    model: str | None = None
+    dataset: str | None = None
+    technique: str | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    max_length: int | None = None
+    image_size: int | None = None
+    out: str | None = None
+    allow_download: bool = False
+    progress: bool = True
+    technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
+    # "auto" (bf16 or fp16 where the hardware runs it natively, see ftlib.devices), "fp32", "bf16", "fp16"
+    precision: str | None = None
+    # Your own data instead of a registered data set (see ftlib.data.files); None sizes there
+    # mean whole splits.
+    data: str | None = None
+    val_data: str | None = None
+    test_data: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    group_column: str | None = None
+    merge: bool = False  # LoRA: also save the adapter merged into the model
+    # With the seed, deterministic GPU kernels (identical re-runs, slower); no effect on a CPU.
+    deterministic: bool = True
+
+    def resolved(self) -> "FinetuneConfig":
+        """Fill in defaults and validate every field, with messages naming the option."""
+        from ftlib.data import DATASETS
+        from ftlib.models import get_model_spec
+
+        arguments.one_of(self.task, "task", sorted(JOBS))
+        values = asdict(self)
+        if self.data is not None:  # the task follows from the data: a folder of images or a table of texts
+            values["task"] = _data_task(self.data)
+            values["dataset"] = values["dataset"] or Path(self.data).stem or "data"
+        elif self.model is not None and self.task == "text":  # a generative model implies its task
+            task = get_model_spec(self.model, allow_download=self.allow_download).task
+            values["task"] = "text generation" if task == "text generation" else self.task
+        # The task's job; on a registered data set, its budget too (sizes, epochs, batch size).
+        job = JOBS[values["task"]] if self.data is not None else job_defaults(values["task"], values["dataset"])
+        for key, default in job.items():
+            if values[key] is None:
+                values[key] = default
+        cfg = FinetuneConfig(**values)
+        spec = get_model_spec(cfg.model, allow_download=cfg.allow_download,
+                              task="text generation" if cfg.task == "text generation" else "text")
+        if cfg.data is not None:
+            if spec.task != cfg.task:
+                what = "a folder of images" if cfg.task == "image" else "a table of texts"
+                raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but --data {cfg.data} is {what}; "
+                                 f"pick a {cfg.task} model (see `ftlib models`).")
+            return _check_numbers(cfg, optional_sizes=True)
+        if cfg.dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
+        data_spec = DATASETS[cfg.dataset]
+        if cfg.task == "text generation":
+            return _resolve_generation(cfg, spec, data_spec)
+        if spec.task != data_spec.task:
+            raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but dataset {cfg.dataset!r} is a "
+                             f"{data_spec.task} task; pick a {data_spec.task} model (see `ftlib models`).")
+        return _check_numbers(cfg, optional_sizes=False)
+
+
+def _data_task(path: str) -> str:
+    """"image" for a folder (one sub-folder per class), "text" for a file."""
+    p = Path(path)
+    if not p.exists():
+        raise arguments.ArgumentError("data", "must be an existing file or folder", path)
+    return "image" if p.is_dir() else "text"
+
+
+def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConfig:
+    for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
+        value = getattr(cfg, key)
+        if value is None and optional_sizes and key.endswith("_size"):
+            continue
+        arguments.integer(value, key)
+    arguments.number(cfg.lr, "lr")
+    from ftlib.devices import PRECISIONS
+
+    arguments.one_of(cfg.precision, "precision", PRECISIONS)
+    if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
+        raise arguments.ArgumentError("image_size", "must be a multiple of 32 (64, 96, 224...)", cfg.image_size)
+    from ftlib.techniques import TECHNIQUES
+
+    arguments.one_of(cfg.technique, "technique", sorted(TECHNIQUES))
+    return cfg
+
+
+def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
+    from ftlib.pipeline_llm import INSTRUCTIONS
+
+    if spec.task != "text generation":
+        raise ValueError(f"Model {cfg.model!r} is a {spec.task} model; the text generation task needs a generative "
+                         "one (see `ftlib models`).")
+    if cfg.dataset not in INSTRUCTIONS:
+        raise ValueError(f"Dataset {cfg.dataset!r} has no instruction framing; generative models are fine-tuned on "
+                         f"{', '.join(INSTRUCTIONS)}.")
+    if cfg.technique not in ("lora", "full"):
+        raise arguments.ArgumentError("technique", "must be 'lora' or 'full' for a generative model", cfg.technique)
+    arguments.one_of(cfg.precision, "precision", ("auto", "bf16", "fp32"))
+    if cfg.technique == "full" and cfg.lr == JOBS["text generation"]["lr"]:
+        cfg.lr = GENERATIVE_FULL_LR
+    for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
+        arguments.integer(getattr(cfg, key), key)
+    arguments.number(cfg.lr, "lr")
+    return cfg

@@ -9,154 +9,15 @@ module of its step.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ftlib import arguments
-from ftlib.config import GENERATIVE_FULL_LR, JOBS, job_defaults
-from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
+from ftlib.config import FinetuneConfig
+from ftlib.runner import Run, build_loaders, run_metrics
 
 __all__ = ["FinetuneConfig", "finetune", "build_loaders"]
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run; ``None`` means the default of the task's job (``ftlib.config``)."""
-
-    task: str = "text"
-    model: str | None = None
-    dataset: str | None = None
-    technique: str | None = None
-    train_size: int | None = None
-    val_size: int | None = None
-    test_size: int | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    seed: int = 0
-    max_length: int | None = None
-    image_size: int | None = None
-    out: str | None = None
-    allow_download: bool = False
-    progress: bool = True
-    technique_options: dict = field(default_factory=dict)  # e.g. {"alpha": 0.01} for l2sp
-    # "auto" (bf16 or fp16 where the hardware runs it natively, see ftlib.devices), "fp32", "bf16", "fp16"
-    precision: str | None = None
-    # Your own data instead of a registered data set (see ftlib.data.files); None sizes there
-    # mean whole splits.
-    data: str | None = None
-    val_data: str | None = None
-    test_data: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    group_column: str | None = None
-    merge: bool = False  # LoRA: also save the adapter merged into the model
-    # With the seed, deterministic GPU kernels (identical re-runs, slower); no effect on a CPU.
-    deterministic: bool = True
-
-    def resolved(self) -> "FinetuneConfig":
-        """Fill in defaults and validate every field, with messages naming the option."""
-        from ftlib.data import DATASETS
-        from ftlib.models import get_model_spec
-
-        arguments.one_of(self.task, "task", sorted(JOBS))
-        values = asdict(self)
-        if self.data is not None:  # the task follows from the data: a folder of images or a table of texts
-            values["task"] = _data_task(self.data)
-            values["dataset"] = values["dataset"] or Path(self.data).stem or "data"
-        elif self.model is not None and self.task == "text":  # a generative model implies its task
-            task = get_model_spec(self.model, allow_download=self.allow_download).task
-            values["task"] = "text generation" if task == "text generation" else self.task
-        # The task's job; on a registered data set, its budget too (sizes, epochs, batch size).
-        job = JOBS[values["task"]] if self.data is not None else job_defaults(values["task"], values["dataset"])
-        for key, default in job.items():
-            if values[key] is None:
-                values[key] = default
-        cfg = FinetuneConfig(**values)
-        spec = get_model_spec(cfg.model, allow_download=cfg.allow_download,
-                              task="text generation" if cfg.task == "text generation" else "text")
-        if cfg.data is not None:
-            if spec.task != cfg.task:
-                what = "a folder of images" if cfg.task == "image" else "a table of texts"
-                raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but --data {cfg.data} is {what}; "
-                                 f"pick a {cfg.task} model (see `ftlib models`).")
-            return _check_numbers(cfg, optional_sizes=True)
-        if cfg.dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
-        data_spec = DATASETS[cfg.dataset]
-        if cfg.task == "text generation":
-            return _resolve_generation(cfg, spec, data_spec)
-        if spec.task != data_spec.task:
-            raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but dataset {cfg.dataset!r} is a "
-                             f"{data_spec.task} task; pick a {data_spec.task} model (see `ftlib models`).")
-        return _check_numbers(cfg, optional_sizes=False)
-
-
-def _data_task(path: str) -> str:
-    """"image" for a folder (one sub-folder per class), "text" for a file."""
-    p = Path(path)
-    if not p.exists():
-        raise arguments.ArgumentError("data", "must be an existing file or folder", path)
-    return "image" if p.is_dir() else "text"
-
-
-def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConfig:
-    for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
-        value = getattr(cfg, key)
-        if value is None and optional_sizes and key.endswith("_size"):
-            continue
-        arguments.integer(value, key)
-    arguments.number(cfg.lr, "lr")
-    from ftlib.devices import PRECISIONS
-
-    arguments.one_of(cfg.precision, "precision", PRECISIONS)
-    if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 32):
-        raise arguments.ArgumentError("image_size", "must be a multiple of 32 (64, 96, 224...)", cfg.image_size)
-    from ftlib.techniques import TECHNIQUES
-
-    arguments.one_of(cfg.technique, "technique", sorted(TECHNIQUES))
-    return cfg
-
-
-def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
-    from ftlib.pipeline_llm import INSTRUCTIONS
-
-    if spec.task != "text generation":
-        raise ValueError(f"Model {cfg.model!r} is a {spec.task} model; the text generation task needs a generative "
-                         "one (see `ftlib models`).")
-    if cfg.dataset not in INSTRUCTIONS:
-        raise ValueError(f"Dataset {cfg.dataset!r} has no instruction framing; generative models are fine-tuned on "
-                         f"{', '.join(INSTRUCTIONS)}.")
-    if cfg.technique not in ("lora", "full"):
-        raise arguments.ArgumentError("technique", "must be 'lora' or 'full' for a generative model", cfg.technique)
-    arguments.one_of(cfg.precision, "precision", ("auto", "bf16", "fp32"))
-    if cfg.technique == "full" and cfg.lr == JOBS["text generation"]["lr"]:
-        cfg.lr = GENERATIVE_FULL_LR
-    for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
-        arguments.integer(getattr(cfg, key), key)
-    arguments.number(cfg.lr, "lr")
-    return cfg
-
-
-def build_loaders(cfg: FinetuneConfig, splits, tokenizer=None):
-    """Train (shuffled, seeded), validation and test loaders for ``cfg``.
-
-    Text batches are grouped by length (see ``ftlib.data.LengthGroupedBatchSampler``),
-    validation and test ones too: only their metrics are used here. Evaluation batches
-    are twice the training size (no gradients to keep).
-    """
-    from ftlib.data import make_loader
-
-    common = dict(seed=cfg.seed, tokenizer=tokenizer, max_length=cfg.max_length, image_size=cfg.image_size)
-    grouped = cfg.task == "text"
-    return (make_loader(splits.train, cfg.model, batch_size=cfg.batch_size, shuffle=True, **common),
-            make_loader(splits.val, cfg.model, batch_size=2 * cfg.batch_size, group_by_length=grouped, **common),
-            make_loader(splits.test, cfg.model, batch_size=2 * cfg.batch_size, group_by_length=grouped, **common))
 
 
 def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None] = print, **options) -> dict:
@@ -169,7 +30,6 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     from ftlib.evaluate import HeldOutTest
     from ftlib.freezing import trainable_summary
     from ftlib.models import get_model_spec, load_model, load_tokenizer
-    from ftlib.devices import is_main_process
     from ftlib.techniques import TECHNIQUES
     from ftlib.train import set_seed
 
@@ -178,12 +38,8 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
         from ftlib.pipeline_llm import finetune_llm
 
         return finetune_llm(cfg, log=log)
-    started = time.perf_counter()
-    main = is_main_process()  # under `accelerate launch` every process trains; one writes and prints
-    log = log if main else (lambda *_: None)
-    out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}-{cfg.dataset}-{cfg.technique}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg.out, f"{cfg.model}-{cfg.dataset}-{cfg.technique}", log)
+    log, out = run.log, run.out  # under `accelerate launch` every process trains; one writes and prints
 
     spec = get_model_spec(cfg.model, allow_download=cfg.allow_download)
     log(f"[1/7] Model: {spec.name} - {spec.description}; {spec.num_parameters} parameters; "
@@ -235,25 +91,16 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
 
     image_size = cfg.image_size or spec.image_size or 96
     folder = None  # feature extraction: a scikit-learn classifier on frozen features, no format to save it in yet
-    if main and not isinstance(model, ProbeModel):
+    if run.main and not isinstance(model, ProbeModel):
         folder = save_finetuned(model, out / "model", model_name=cfg.model, class_names=raw.class_names,
                                 tokenizer=tokenizer, max_length=cfg.max_length, image_size=image_size,
                                 merge=cfg.merge)
-    metrics = {
-        "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task, "technique": cfg.technique,
-        "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test),
-        "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "best_epoch": history.best_epoch, "history": history.to_list(), "test": metrics_test,
-        "trainable_parameters": result.get("trainable_parameters"), "precision": history.precision,
-        "deterministic": cfg.deterministic,
-        "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
-        "allocator": allocator(), **device_report(),
-        "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None,
-    }
-    if not main:
-        return {**metrics, "out": str(out)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    save_run_plots(history, metrics_test, raw.class_names, out)
+    metrics = {**run_metrics(cfg, run, splits, history, metrics_test,
+                             trainable_parameters=result.get("trainable_parameters"), precision=history.precision),
+               "class_names": raw.class_names, "data": cfg.data, "model_path": str(folder) if folder else None}
+    metrics = run.finish(metrics, history, metrics_test, raw.class_names)
+    if not run.main:
+        return metrics
     log(f"Done in {metrics['total_seconds']:.0f}s (peak memory {metrics['peak_memory_mb']:.0f} MB). "
         f"Results: {out / 'metrics.json'}, plots: {out / 'learning_curves.png'}, {out / 'confusion_matrix.png'}")
     if folder is None:
@@ -261,7 +108,6 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
             "features, which ftlib cannot save yet; the other techniques keep their model in RUN/model.")
     else:
         _show_model(cfg, spec, model, tokenizer, image_size, folder, raw, splits, log)
-    metrics["out"] = str(out)
     return metrics
 
 

@@ -1,7 +1,7 @@
 """What a run of ``ftlib finetune`` records beside its metrics: peak memory, allocator, plots.
 
-Shared by the classifier pipeline (``ftlib.pipeline``) and the generative one
-(``ftlib.pipeline_llm``), so neither imports the other's helpers.
+Shared by every run through ``ftlib.runner`` (the classifier job ``ftlib.pipeline``, the generative one
+``ftlib.pipeline_llm``, ``ftlib compare``).
 """
 from __future__ import annotations
 

@@ -16,11 +16,12 @@ import json
 import time
 from pathlib import Path
 
+from ftlib.config import FinetuneConfig
 from ftlib.data import load_dataset, split_dataset
 from ftlib.evaluate import HeldOutTest
 from ftlib.forgetting import forgetting_report, probe_photos
 from ftlib.models import load_model
-from ftlib.pipeline import FinetuneConfig, build_loaders
+from ftlib.runner import build_loaders
 from ftlib.techniques import TECHNIQUES
 from ftlib.train import set_seed
 
