@@ -37,6 +37,7 @@ _EXPORTS = {
     "freeze_bottom": "freezing", "trainable_summary": "freezing",
     "param_groups": "optim", "adamw": "optim", "make_scheduler": "optim", "lr_range_test": "optim",
     "fit": "train", "train_one_epoch": "train", "EarlyStopping": "train",
+    "Runtime": "devices",
     "HeldOutTest": "evaluate", "confusion_matrix": "evaluate", "macro_f1": "evaluate",
     "finetune": "pipeline",
     "extract_features": "techniques.features", "fit_classifier": "techniques.features",

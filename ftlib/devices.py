@@ -4,7 +4,8 @@ Shared by step 6 (``ftlib.train``) and everything that trains or evaluates: the 
 moves (pinned memory on CUDA, so ``non_blocking`` overlaps the copy), the logits and
 labels of a batch for any model, the precision a
 machine runs natively (decided from the hardware, never assumed), seeding (GPU runs made
-reproducible where the backend allows) and the two ways ``fit`` runs its steps:
+reproducible where the backend allows), :class:`Runtime` (what a run asks for: device,
+precision, deterministic kernels) and the two ways ``fit`` runs its steps:
 
 * one process (a laptop, one GPU): plain PyTorch, exactly as a hand-written loop;
 * several processes started by ``accelerate launch`` (several GPUs or machines, or CPU
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ __all__ = [
     "launched_processes",
     "is_main_process",
     "make_runner",
+    "Runtime",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -298,3 +301,38 @@ def make_runner(device: torch.device | str | None, precision: str, *, one_proces
     if launched_processes() > 1 and not one_process:
         return _Accelerated(device, resolve_precision(precision, device), find_unused_parameters=find_unused_parameters)
     return _OneProcess(device, resolve_precision(precision, device))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a run executes: where, at what precision, with deterministic GPU kernels or not.
+
+    ``fit(..., runtime=Runtime(...))`` takes it; the default, ``Runtime()``, trains in
+    fp32 on :func:`default_device` (a GPU if there is one) with deterministic kernels.
+    None of it is a technique: on a CPU, at the default fp32 (or ``"auto"``, fp32 on
+    CPUs without native bf16), it changes nothing that is learned.
+
+    Parameters
+    ----------
+    device : torch.device, str or None
+        Where to train; None: :func:`default_device`.
+    precision : str
+        "fp32", "bf16", "fp16" (autocast; fp16 with a gradient scaler) or "auto" (what
+        the hardware runs natively, see :func:`resolve_precision`).
+    deterministic : bool
+        With a seed, deterministic GPU kernels (:func:`reproducible`), so that a re-run
+        gives the same model; False lets CUDA pick its fastest kernels (what they cost:
+        docs/scaling.md). No effect on a CPU, whose kernels are deterministic already.
+    """
+
+    device: torch.device | str | None = None
+    precision: str = "fp32"
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {self.precision!r}.")
+
+    def runner(self, *, find_unused_parameters: bool = False):
+        """The runner that executes ``fit``'s steps (see :func:`make_runner`)."""
+        return make_runner(self.device, self.precision, find_unused_parameters=find_unused_parameters)

@@ -175,8 +175,8 @@ def recalibrate_batchnorm(model: nn.Module, loader, *, device=None) -> int:
 class GradualUnfreezing:
     """ULMFiT's schedule: train the head first, then unfreeze one more block per epoch.
 
-    Use as ``fit(..., on_epoch_start=GradualUnfreezing(model))``. Epoch 0 trains only the
-    head; at epoch ``e`` the top ``e * blocks_per_epoch`` blocks are trainable too.
+    A callback: ``fit(..., callbacks=[GradualUnfreezing(model)])``. Epoch 0 trains only
+    the head; at epoch ``e`` the top ``e * blocks_per_epoch`` blocks are trainable too.
     """
 
     def __init__(self, model: nn.Module, blocks_per_epoch: int = 1) -> None:
@@ -185,7 +185,7 @@ class GradualUnfreezing:
         self.blocks_per_epoch = blocks_per_epoch
         self.num_blocks_ = len(layer_blocks(model))
 
-    def __call__(self, model: nn.Module, epoch: int) -> None:
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         trainable = min(self.num_blocks_, epoch * self.blocks_per_epoch)
         freeze_bottom(model, self.num_blocks_ - trainable)
 

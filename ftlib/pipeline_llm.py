@@ -14,9 +14,7 @@ and the perplexity of the base model's replies under the fine-tuned model.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Callable
 
 __all__ = ["INSTRUCTIONS", "instruction_prompts", "finetune_llm"]
@@ -71,14 +69,12 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     from ftlib.forgetting import general_replies, generative_forgetting
     from ftlib.models import count_parameters, get_model_spec, load_causal_lm
     from ftlib.optim import adamw
-    from ftlib.reporting import allocator, device_report, peak_memory_mb, save_run_plots
+    from ftlib.runner import Run, run_metrics
     from ftlib.techniques.adapters import GENERATIVE_RANK
     from ftlib.train import fit, set_seed
 
-    started = time.perf_counter()
-    out = Path(cfg.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}-"
-                                         f"{cfg.dataset}-{cfg.technique}")
-    out.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg.out, f"{cfg.model}-{cfg.dataset}-{cfg.technique}", log)
+    log, out = run.log, run.out  # under `accelerate launch` every process trains; one writes and prints
     precision = _precision(cfg.precision)
     bf16 = precision == "bf16"
 
@@ -149,10 +145,11 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
                        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr)
     log(f"[6/7] Training on {len(train_examples)} examples ({len(train_loader)} batches per epoch)...")
     train_start = time.perf_counter()
-    # One epoch has nothing to restore; more would copy every weight (540 MB) at each best epoch.
+    from ftlib.devices import Runtime
+
+    # fit keeps a copy of every weight (540 MB) at each best epoch but the last: one epoch copies none.
     history = fit(sft.SFTModel(model, bf16=autocast), train_loader, val_loader, epochs=cfg.epochs, optimizer=optimizer,
-                  restore_best=cfg.epochs > 1, seed=cfg.seed, deterministic=cfg.deterministic,
-                  progress=cfg.progress)
+                  seed=cfg.seed, runtime=Runtime(deterministic=cfg.deterministic), progress=cfg.progress)
     train_seconds = time.perf_counter() - train_start
     tokens = sum(len(e["input_ids"]) for e in train_examples) * len(history)
     for e in history.to_list():
@@ -173,26 +170,18 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
         f"(x{forgetting['perplexity_after'] / forgetting['perplexity_before']:.2f}; higher: the fine-tuned model "
         f"finds what the base model said less likely)")
 
-    if cfg.technique == "lora":
+    if cfg.technique == "lora" and run.main:
         sft.save_adapter(model, out / "adapter")
     generations = [{"prompt": p, "answer": answers[y], "before": b, "after": a}
                    for p, y, b, a in zip(shown, splits.test.labels, before, after)]
-    (out / "generations.json").write_text(json.dumps(generations, indent=2))
-    metrics = {
-        "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task, "technique": cfg.technique,
-        "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test),
-        "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "max_length": cfg.max_length, "best_epoch": history.best_epoch, "history": history.to_list(),
-        "test": test, "zero_shot": zero_shot, "trainable_parameters": trainable, "total_parameters": total,
-        "precision": precision, "deterministic": cfg.deterministic, "train_seconds": train_seconds, "train_tokens_per_second": tokens / train_seconds,
-        "total_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
-        "allocator": allocator(), **device_report(), "class_names": raw.class_names, "answers": answers,
-        "threads": torch.get_num_threads(), "forgetting": forgetting,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    save_run_plots(history, test, raw.class_names, out)
+    run.write_json("generations.json", generations)
+    metrics = {**run_metrics(cfg, run, splits, history, test, max_length=cfg.max_length, zero_shot=zero_shot,
+                             trainable_parameters=trainable, total_parameters=total, precision=precision,
+                             train_seconds=train_seconds, train_tokens_per_second=tokens / train_seconds),
+               "class_names": raw.class_names, "answers": answers, "threads": torch.get_num_threads(),
+               "forgetting": forgetting}
+    metrics = run.finish(metrics, history, test, raw.class_names)
     log(f"Done in {metrics['total_seconds']:.0f}s (training {train_seconds:.0f}s, peak memory "
         f"{metrics['peak_memory_mb']:.0f} MB). Results: {out / 'metrics.json'}, {out / 'generations.json'}"
         + (f", adapter: {out / 'adapter'}" if cfg.technique == "lora" else ""))
-    metrics["out"] = str(out)
     return metrics

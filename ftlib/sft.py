@@ -179,7 +179,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # Where the CPU multiplies bf16 matrices in hardware: one detection for fit and SFT.
 def bf16_is_native(device: torch.device | str = "cpu") -> bool:
-    """True where bf16 runs natively on ``device``: what ``fit(..., precision="auto")`` picks.
+    """True where bf16 runs natively on ``device``: what ``Runtime(precision="auto")`` picks.
 
     One answer with :func:`ftlib.devices.resolve_precision`: on a CPU that needs the
     AVX-512 BF16 or AMX flags *and* a PyTorch dispatching AVX-512 kernels (an

@@ -3,11 +3,12 @@
 ``train_one_epoch`` and ``evaluate`` are the two halves of every training loop; ``fit``
 runs them for several epochs and records a :class:`History` (train and validation loss
 and accuracy, learning rate, seconds per epoch) with a progress bar and time estimate.
-It supports early stopping on validation with best-weights restore, gradient clipping,
-a warmup schedule, per-group learning rates, an extra penalty (L2-SP) and a per-epoch
-hook (gradual unfreezing). A seed makes two runs give the same history. ``precision``
-runs the steps under autocast, and under ``accelerate launch`` the same ``fit`` trains
-on every process (how: ``ftlib.devices``).
+It restores the best validation epoch's weights and supports early stopping, gradient
+clipping, a warmup schedule, any optimizer (per-group learning rates: ``ftlib.optim``)
+and callbacks: an extra penalty (L2-SP) or a per-epoch hook (gradual unfreezing). A
+seed makes two runs give the same history. How a run executes (device, precision,
+deterministic GPU kernels) is one :class:`~ftlib.devices.Runtime`, and under
+``accelerate launch`` the same ``fit`` trains on every process (how: ``ftlib.devices``).
 
 Batches are dicts with a ``"labels"`` entry (see ``ftlib.data``). The test set is not
 used here: ``ftlib.evaluate`` touches it once, at the end.
@@ -17,14 +18,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ftlib import arguments
-from ftlib.devices import default_device, logits_and_labels, make_runner, reproducible, set_seed, to_device
+from ftlib.devices import (Runtime, default_device, logits_and_labels, make_runner, reproducible, set_seed,
+                           to_device)
 from ftlib.freezing import set_frozen_batchnorm_eval
 from ftlib.progress import progress_bar
 
@@ -32,6 +34,7 @@ __all__ = [
     "set_seed",
     "default_device",
     "logits_and_labels",
+    "Runtime",
     "train_one_epoch",
     "evaluate",
     "predict",
@@ -285,66 +288,101 @@ def fit(
     *,
     epochs: int = 3,
     lr: float = 5e-5,
-    weight_decay: float = 0.01,
-    head_lr_multiplier: float = 1.0,
-    layer_decay: float = 1.0,
     optimizer: torch.optim.Optimizer | None = None,
-    schedule: str = "linear",
-    warmup: float = 0.1,
+    schedule: str | Callable = "linear",
     loss_fn: Callable | None = None,
-    label_smoothing: float = 0.0,
-    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     clip_grad_norm: float | None = 1.0,
-    patience: int | None = None,
-    min_delta: float = 0.0,
-    monitor: str = "val_accuracy",
-    restore_best: bool = True,
-    on_epoch_start: Callable[[nn.Module, int], None] | None = None,
+    callbacks: Sequence = (),
+    early_stopping: EarlyStopping | None = None,
     seed: int | None = 0,
-    deterministic: bool = True,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
+    runtime: Runtime | None = None,
     progress: bool = True,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, validating after each one.
 
-    By default: AdamW with decoupled weight decay (not on biases and norms) at ``lr``
-    (head at ``lr * head_lr_multiplier``, layer-wise ``layer_decay`` below), a linear
-    schedule after ``warmup`` (a fraction of all steps), gradient clipping at norm 1.
-    With ``patience``, training stops once ``monitor`` ("val_accuracy" or "val_loss")
-    has not improved for that many epochs; with ``restore_best`` the weights of the best
-    validation epoch are put back at the end. The default monitors accuracy, the metric
-    we report: while fine-tuning, validation loss often rises (the model grows more
-    confident on the examples it gets wrong) while accuracy still improves, so choosing
-    on loss would stop at epoch 1. ``precision``: "fp32", "bf16", "fp16" (autocast; fp16
-    with a gradient scaler) or "auto" (what the hardware runs natively, see
-    ``ftlib.devices.resolve_precision``); ``History.precision`` records what ran. A
-    ``seed`` seeds Python, NumPy and PyTorch, the training loader's shuffling and, on
-    CUDA, asks for deterministic kernels (``ftlib.devices.reproducible``) unless
-    ``deterministic=False``: they make a GPU re-run repeat the same model, and cost time
-    (the main job's steps on an H200: 1.6x at fp32, about 2x at bf16; see bench/RESULTS.md). On a
-    CPU they change nothing.
+    At the end the weights of the best validation epoch are put back: the best on
+    validation accuracy, or on what ``early_stopping`` monitors. Under ``accelerate
+    launch`` the same call trains on every process: each sees its share of the
+    DataLoaders, gradients are averaged, validation metrics are gathered over the whole
+    validation set, every process takes the same decisions (best epoch, early stopping)
+    and ends with the same weights, and only the main process shows progress.
 
-    Under ``accelerate launch`` the same call trains on every process: each sees its
-    share of the DataLoaders, gradients are averaged, validation metrics are gathered
-    over the whole validation set, every process takes the same decisions (best epoch,
-    early stopping) and ends with the same weights, and only the main process shows
-    progress. Returns a :class:`History`.
+    Parameters
+    ----------
+    model : nn.Module
+        The model with its head (``ftlib.heads``); moved to the runtime's device.
+    train_loader : iterable of dict
+        Training batches, dicts with a ``"labels"`` entry (``ftlib.data.make_loader``).
+    val_loader : iterable of dict, optional
+        Validation batches, evaluated after each epoch. Without them nothing is
+        monitored: no early stopping, and the last epoch's weights are kept.
+    epochs : int
+        Passes over ``train_loader`` (fewer when ``early_stopping`` stops the run).
+    lr : float
+        The learning rate (> 0) of the default optimizer.
+    optimizer : torch.optim.Optimizer, optional
+        Default: AdamW at ``lr`` for every trainable parameter, head included, with
+        decoupled weight decay 0.01 on weight matrices only (not on biases and norms),
+        that is ``adamw(param_groups(model, lr, head_lr_multiplier=1.0))`` from
+        ``ftlib.optim``. For a faster head, layer-wise rates or another weight decay,
+        pass ``adamw(param_groups(model, lr, head_lr_multiplier, layer_decay, weight_decay))``.
+    schedule : {"linear", "cosine", "constant"} or callable
+        The learning rate at each step: "linear" (warmup over the first 10% of the
+        steps, then linear decay to 0), "cosine" (the same warmup, then cosine decay)
+        or "constant" (no warmup). Anything else: a callable ``(optimizer, total_steps)``
+        returning a scheduler that is stepped after every optimizer step, for example
+        ``lambda opt, n: make_scheduler(opt, "linear", total_steps=n, warmup_steps=n // 20)``
+        with ``ftlib.optim.make_scheduler``.
+    loss_fn : callable, optional
+        ``loss_fn(logits, labels)``; default ``nn.CrossEntropyLoss()``. Label smoothing
+        is ``nn.CrossEntropyLoss(label_smoothing=0.1)``.
+    clip_grad_norm : float or None
+        Gradients are clipped to this global norm; None does not clip.
+    callbacks : sequence
+        Objects with an ``on_epoch_start(model, epoch)`` method, called before each
+        epoch (``ftlib.freezing.GradualUnfreezing``), and/or a ``penalty(model)`` method,
+        a scalar tensor added to the loss at every step (``ftlib.techniques.l2sp.l2sp``).
+        With an ``on_epoch_start``, every parameter is trainable while the default
+        optimizer is built, so blocks unfrozen later are in it (build your own
+        optimizer the same way).
+    early_stopping : EarlyStopping, optional
+        Stops the run once the monitored value has not improved for ``patience``
+        epochs: ``EarlyStopping(patience, min_delta, mode)`` monitors val_loss with
+        ``mode="min"``, val_accuracy with ``"max"``, and keeps its state (one per run).
+        Without it every epoch runs and the best epoch is chosen on val_accuracy, the
+        metric we report: while fine-tuning, validation loss often rises (the model
+        grows more confident on the examples it gets wrong) while accuracy still
+        improves, so choosing on loss would stop at epoch 1.
+    seed : int or None
+        Seeds Python, NumPy, PyTorch and the training loader's shuffling: the same seed
+        gives the same history. None seeds nothing.
+    runtime : Runtime, optional
+        How the run executes (``ftlib.devices.Runtime``): the device, the precision and,
+        with a seed, deterministic GPU kernels; default ``Runtime()``. What precision and
+        determinism cost and buy on a GPU: docs/scaling.md.
+    progress : bool
+        Progress bars with a time estimate (on the main process only).
+
+    Returns
+    -------
+    History
+        A record per epoch, the best epoch, whether the run stopped early, and the
+        precision that ran ("fp32", "bf16" or "fp16").
     """
-    from ftlib.optim import adamw, make_scheduler, param_groups
+    from ftlib.optim import adamw, param_groups
 
     arguments.integer(epochs, "epochs")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a number > 0; got {lr!r}.")
-    if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup is a fraction of all steps in [0, 1); got {warmup!r}.")
-    if monitor not in ("val_loss", "val_accuracy"):
-        raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy'; got {monitor!r}.")
-    if (patience is not None or restore_best) and val_loader is None:
-        patience, restore_best = None, False  # nothing to monitor without validation data
+    hooks, penalty = _callbacks(callbacks)
+    runtime = _runtime(runtime)
+    if early_stopping is not None and getattr(early_stopping, "best_", None) is not None:
+        raise ValueError("early_stopping has been used already (it keeps its state): give each fit a new one.")
+    if val_loader is None:
+        early_stopping = None  # nothing to monitor without validation data
     # Gradual unfreezing changes requires_grad between epochs: DDP must know every
     # parameter from the start and find, at each step, those without a gradient.
-    runner = make_runner(device, precision, find_unused_parameters=on_epoch_start is not None)
+    runner = runtime.runner(find_unused_parameters=bool(hooks))
     device = runner.device
     progress = progress and runner.is_main_process
     if seed is not None:
@@ -353,51 +391,87 @@ def fit(
         if isinstance(generator, torch.Generator):
             generator.manual_seed(seed)  # the same shuffling order on every run
     model.to(device)
-    loss_fn = loss_fn or nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
 
     flags = {p: p.requires_grad for p in model.parameters()}
-    if on_epoch_start is not None:
+    if hooks:
         # Blocks unfrozen later must already be in the optimizer (and DDP); frozen ones
         # get no gradient, and AdamW skips parameters without one.
         for p in flags:
             p.requires_grad_(True)
     if optimizer is None:
-        optimizer = adamw(param_groups(model, lr, head_lr_multiplier, layer_decay, weight_decay))
+        optimizer = adamw(param_groups(model, lr, head_lr_multiplier=1.0))
     total_steps = epochs * len(train_loader)  # counted on the whole loader, before sharding
-    scheduler = make_scheduler(optimizer, schedule, total_steps=total_steps,
-                               warmup_steps=int(warmup * total_steps))
+    scheduler = _scheduler(schedule, optimizer, total_steps)
     inner = model
     try:
-        with reproducible(device) if seed is not None and deterministic else contextlib.nullcontext():
+        with reproducible(device) if seed is not None and runtime.deterministic else contextlib.nullcontext():
             model, optimizer, scheduler, train_loader, val_loader = runner.prepare(
                 model, optimizer, scheduler, train_loader, val_loader)
             for p, flag in flags.items():
                 p.requires_grad_(flag)
             history = _epochs(runner, model, inner, train_loader, val_loader, optimizer, scheduler, loss_fn,
-                              epochs=epochs, lr=lr, penalty=penalty, clip_grad_norm=clip_grad_norm,
-                              patience=patience, min_delta=min_delta, monitor=monitor, restore_best=restore_best,
-                              on_epoch_start=on_epoch_start, progress=progress)
+                              epochs=epochs, lr=lr, hooks=hooks, penalty=penalty, clip_grad_norm=clip_grad_norm,
+                              early_stopping=early_stopping, progress=progress)
     finally:
         runner.close()
     history.precision = runner.precision
     return history
 
 
-def _epochs(runner, model, inner, train_loader, val_loader, optimizer, scheduler, loss_fn, *, epochs, lr, penalty,
-            clip_grad_norm, patience, min_delta, monitor, restore_best, on_epoch_start, progress) -> History:
+def _callbacks(callbacks) -> tuple[list, Callable | None]:
+    """The callbacks' ``on_epoch_start`` methods, and their penalties summed into one."""
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not (hasattr(callback, "on_epoch_start") or hasattr(callback, "penalty")):
+            raise TypeError(f"a callback needs an on_epoch_start(model, epoch) or a penalty(model) method; "
+                            f"got {callback!r}.")
+    hooks = [c.on_epoch_start for c in callbacks if hasattr(c, "on_epoch_start")]
+    penalties = [c.penalty for c in callbacks if hasattr(c, "penalty")]
+    return hooks, (lambda model: sum(p(model) for p in penalties)) if penalties else None
+
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is None:
+        return Runtime()
+    if not isinstance(runtime, Runtime):
+        raise TypeError(f"runtime must be an ftlib.devices.Runtime (device, precision, deterministic); "
+                        f"got {runtime!r}.")
+    return runtime
+
+
+# The share of all steps spent warming up, by schedule name.
+_WARMUP = {"linear": 0.1, "cosine": 0.1, "constant": 0.0}
+
+
+def _scheduler(schedule: str | Callable, optimizer: torch.optim.Optimizer, total_steps: int):
+    from ftlib.optim import make_scheduler
+
+    if callable(schedule):
+        return schedule(optimizer, total_steps)
+    if schedule not in _WARMUP:
+        raise ValueError(f"schedule must be one of {list(_WARMUP)} or a callable (optimizer, total_steps) -> "
+                         f"scheduler; got {schedule!r}.")
+    return make_scheduler(optimizer, schedule, total_steps=total_steps,
+                          warmup_steps=int(_WARMUP[schedule] * total_steps))
+
+
+def _epochs(runner, model, inner, train_loader, val_loader, optimizer, scheduler, loss_fn, *, epochs, lr, hooks,
+            penalty, clip_grad_norm, early_stopping, progress) -> History:
     """fit's loop over epochs; ``model`` is what trains (DDP-wrapped under several processes),
-    ``inner`` the model itself, whose weights are kept, restored and shown to hooks."""
+    ``inner`` the model itself, whose weights are kept, restored and shown to callbacks."""
     device = runner.device
-    stopper = EarlyStopping(patience, min_delta, "min" if monitor == "val_loss" else "max") if patience else None
-    tracker = EarlyStopping(1, 0.0, "min" if monitor == "val_loss" else "max")  # best epoch only
+    mode = getattr(early_stopping, "mode", "min") if early_stopping is not None else "max"
+    monitor = "val_loss" if mode == "min" else "val_accuracy"
+    tracker = EarlyStopping(1, 0.0, mode)  # best epoch only
     best_state = None
     history = History()
     # The epochs bar stays when done (how long the run took); each epoch's bar goes.
     epoch_bar = progress_bar(range(epochs), progress, desc="epochs", unit="epoch", leave=True)
     for epoch in epoch_bar:
         start = time.perf_counter()
-        if on_epoch_start is not None:
-            on_epoch_start(inner, epoch)
+        for hook in hooks:
+            hook(inner, epoch)
         train = train_one_epoch(model, train_loader, optimizer, loss_fn, scheduler, penalty=penalty,
                                 clip_grad_norm=clip_grad_norm, device=device, progress=progress,
                                 desc=f"epoch {epoch + 1}/{epochs}", runner=runner)
@@ -419,17 +493,19 @@ def _epochs(runner, model, inner, train_loader, val_loader, optimizer, scheduler
         if not math.isfinite(value):
             raise FloatingPointError(f"The validation loss became {value} in epoch {epoch + 1}: "
                                      f"the learning rate ({lr}) is probably too high.")
-        if tracker.improved(value):
-            history.best_epoch = epoch
-            if restore_best:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in inner.state_dict().items()}
+        improved = tracker.improved(value)
         tracker.step(value)
-        if stopper is not None and stopper.step(value):
+        stop = early_stopping is not None and early_stopping.step(value)
+        if improved:
+            history.best_epoch = epoch
+            if epoch < epochs - 1 and not stop:  # a last epoch's weights are the final ones already
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in inner.state_dict().items()}
+        if stop:
             history.stopped_early = True
             break
     if history.best_epoch is None:
         history.best_epoch = len(history) - 1
-    if restore_best and best_state is not None and history.best_epoch != len(history) - 1:
+    if best_state is not None and history.best_epoch != len(history) - 1:
         inner.load_state_dict(best_state)
     return history
 

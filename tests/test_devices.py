@@ -11,6 +11,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from ftlib import optim, train
+from ftlib.devices import Runtime
 from ftlib.models import TinyCNN
 from ftlib.techniques import features
 from ftlib.techniques.l2sp import l2sp
@@ -19,13 +20,13 @@ from tiny_data import make_image_loader
 
 def test_l2sp_moves_the_pretrained_copy_to_the_training_device_once():
     model = TinyCNN(num_classes=3)
-    penalty = l2sp(model, alpha=0.01)  # snapshot on the CPU, where models are loaded
+    callback = l2sp(model, alpha=0.01)  # snapshot on the CPU, where models are loaded
     model.to("meta")  # what fit's model.to(device) does
-    first = penalty(model)
-    state = penalty.state_
+    first = callback.penalty(model)
+    state = callback.state_
     assert first.device.type == "meta" and all(v.device.type == "meta" for v in state.values())
-    penalty(model)
-    assert penalty.state_ is state  # not copied again at the next step
+    callback.penalty(model)
+    assert callback.state_ is state  # not copied again at the next step
 
 
 def test_probe_model_returns_logits_on_the_backbone_device(monkeypatch):
@@ -88,7 +89,7 @@ def test_fit_synchronises_once_per_epoch_not_per_step(monkeypatch, precision):
         model = TinyCNN(num_classes=3)
         calls = _count_syncs(monkeypatch)
         train.fit(model, make_image_loader(n=n), make_image_loader(n=24, seed=1), epochs=2, progress=False,
-                  precision=precision)
+                  runtime=Runtime(precision=precision))
         counts.append(len(calls))
         monkeypatch.undo()
     assert counts[0] == counts[1], f"host-device synchronisations grow with the steps: {counts}"
@@ -129,11 +130,12 @@ def reproducible_for(monkeypatch):
 
 
 def test_fit_trains_inside_reproducible_for_its_device(reproducible_for):
-    train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, device="cpu")
+    train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, runtime=Runtime("cpu"))
     assert reproducible_for == [torch.device("cpu")]
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, seed=None)
     assert len(reproducible_for) == 1  # no seed, no reproducibility asked for: the fastest kernels
-    train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, deterministic=False)
+    train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False,
+              runtime=Runtime(deterministic=False))
     assert len(reproducible_for) == 1  # seeded, but the faster GPU kernels asked for
 
 

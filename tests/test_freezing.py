@@ -111,7 +111,7 @@ def test_gradual_unfreezing_opens_one_block_per_epoch(tiny_cnn):
     schedule = GradualUnfreezing(tiny_cnn)
     trainable_blocks = []
     for epoch in range(5):
-        schedule(tiny_cnn, epoch)
+        schedule.on_epoch_start(tiny_cnn, epoch)
         trainable_blocks.append([all(p.requires_grad for p in b.parameters()) for b in tiny_cnn.blocks])
         assert all(p.requires_grad for p in tiny_cnn.fc.parameters())
     assert trainable_blocks == [[False, False, False], [False, False, True], [False, True, True],

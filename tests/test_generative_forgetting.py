@@ -33,7 +33,7 @@ def _teach(model, tok, reply, prompt="Review {}: fine", epochs=15):
     loader = sft.make_sft_loader(examples, tok.pad_token_id, batch_size=8, shuffle=True)
     params = [p for p in model.parameters() if p.requires_grad]
     fit(sft.SFTModel(model), loader, None, epochs=epochs, optimizer=adamw(params, lr=1e-2), schedule="constant",
-        warmup=0.0, progress=False)
+        progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The layers of the repository: the teaching core, the machinery beside it, the grader apart.
 
 - the teaching core (every ``ftlib`` module but the machinery) imports nothing from the
-  machinery (the command, the runners, ``compare``, reporting) nor from the grader;
+  machinery (the command, the run configuration, the runner and its jobs, ``compare``,
+  reporting) nor from the grader;
 - ``ftlib`` never imports the grader (``ftgrade``, a distribution of its own), except the
   ``ftlib`` command, which hands ``check`` and ``grade`` to it;
 - importing the grader imports no torch (an instructor's ``ftlib grade`` process stays small).
@@ -14,8 +15,8 @@ from pathlib import Path
 from test_imports import import_graph
 
 ROOT = Path(__file__).parent.parent
-MACHINERY = {"ftlib.cli", "ftlib.__main__", "ftlib.pipeline", "ftlib.pipeline_llm", "ftlib.compare",
-             "ftlib.reporting"}
+MACHINERY = {"ftlib.cli", "ftlib.__main__", "ftlib.config", "ftlib.runner", "ftlib.pipeline", "ftlib.pipeline_llm",
+             "ftlib.compare", "ftlib.reporting"}
 # The forkserver's preload: its one job is to import, before forking, what learner kernels need.
 GRADER_PRELOAD = "ftgrade._preload"
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 from ftlib import devices, train
+from ftlib.devices import Runtime
 from ftlib.models import TinyCNN
 from tiny_data import make_image_loader
 
@@ -34,6 +35,8 @@ def test_forced_precisions_and_bad_names(monkeypatch):
         assert devices.resolve_precision(name, "cpu") == name
     with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\]; got 'half'"):
         devices.resolve_precision("half", "cpu")
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\]; got 'half'"):
+        Runtime(precision="half")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -65,7 +68,7 @@ def test_fit_runs_forward_passes_at_the_precision_and_records_it(precision, dtyp
     model = _Recorder()
     # The CPU's autocast, also where a GPU is present (its autocast casts other operations).
     history = train.fit(model, make_image_loader(n=48), make_image_loader(n=24, seed=1), epochs=2, lr=3e-3,
-                        progress=False, precision=precision, clip_grad_norm=1.0, device="cpu")
+                        progress=False, runtime=Runtime("cpu", precision), clip_grad_norm=1.0)
     assert history.precision == precision
     assert set(model.seen) == {dtype} and len(model.seen) == 2 * (6 + 3)  # training and validation
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
@@ -86,17 +89,18 @@ def test_fp16_scales_the_loss_and_unscales_before_clipping(monkeypatch):
         return real_clip(parameters, max_norm, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    train.fit(TinyCNN(num_classes=3), make_image_loader(n=24), epochs=1, progress=False, precision="fp16")
+    train.fit(TinyCNN(num_classes=3), make_image_loader(n=24), epochs=1, progress=False,
+              runtime=Runtime(precision="fp16"))
     assert len(scaled) == 3 and clipped == [1, 2, 3]
 
 
 def test_auto_is_what_the_hardware_gives(monkeypatch):
     _cpu(monkeypatch, flags=False, capability="AVX2")
     assert train.fit(TinyCNN(num_classes=3), make_image_loader(n=16), epochs=1, progress=False,
-                     precision="auto", device="cpu").precision == "fp32"
+                     runtime=Runtime("cpu", "auto")).precision == "fp32"
     _cpu(monkeypatch, flags=True)
     assert train.fit(TinyCNN(num_classes=3), make_image_loader(n=16), epochs=1, progress=False,
-                     precision="auto", device="cpu").precision == "bf16"
+                     runtime=Runtime("cpu", "auto")).precision == "bf16"
 
 
 def test_the_command_line_knows_every_precision_without_importing_torch():
@@ -118,7 +122,7 @@ def test_precision_reaches_fit_from_finetune_and_compare_configs(monkeypatch):
     with pytest.raises(ValueError, match="^precision must be one of"):
         FinetuneConfig(precision="half").resolved()
     got = []
-    monkeypatch.setattr(train, "fit", lambda *a, **k: got.append(k["precision"]) or train.History())
+    monkeypatch.setattr(train, "fit", lambda *a, **k: got.append(k["runtime"]) or train.History())
     cfg = FinetuneConfig(task="image", model="tiny-cnn", dataset="fashion-mnist", precision="bf16").resolved()
     techniques.TECHNIQUES["full"].run(TinyCNN(num_classes=3), make_image_loader(), None, cfg)
-    assert got == ["bf16"]
+    assert got == [Runtime(precision="bf16")]

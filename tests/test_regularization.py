@@ -8,7 +8,7 @@ from ftlib.heads import set_dropout
 from ftlib.models import load_model
 from ftlib.techniques.l2sp import backbone_state, l2sp, l2sp_penalty, weight_distance
 from ftlib.techniques.label_smoothing import label_smoothing_loss
-from ftlib.train import fit
+from ftlib.train import EarlyStopping, fit
 from tiny_data import make_image_loader
 
 
@@ -52,10 +52,10 @@ def test_l2sp_gradient_pulls_towards_pretrained(tiny_cnn):
 
 
 def test_l2sp_penalty_helper_works_in_fit(tiny_cnn):
-    penalty = l2sp(tiny_cnn, alpha=0.01)
-    assert penalty(tiny_cnn).item() == 0.0
-    fit(tiny_cnn, make_image_loader(), None, epochs=1, lr=1e-2, penalty=penalty, progress=False)
-    assert penalty(tiny_cnn).item() > 0.0
+    callback = l2sp(tiny_cnn, alpha=0.01)
+    assert callback.penalty(tiny_cnn).item() == 0.0
+    fit(tiny_cnn, make_image_loader(), None, epochs=1, lr=1e-2, callbacks=[callback], progress=False)
+    assert callback.penalty(tiny_cnn).item() > 0.0
 
 
 def test_l2sp_bad_inputs():
@@ -112,8 +112,8 @@ def test_fit_label_smoothing_uses_the_smoothed_loss(tiny_cnn):
     loader = make_image_loader(n=16, batch_size=16)
     batch = loader[0]
     eps = 0.2
-    history = fit(tiny_cnn, loader, loader, epochs=1, lr=1e-3, label_smoothing=eps, progress=False,
-                  restore_best=False)
+    history = fit(tiny_cnn, loader, loader, epochs=1, lr=1e-3, loss_fn=nn.CrossEntropyLoss(label_smoothing=eps),
+                  progress=False)
     with torch.no_grad():
         tiny_cnn.eval()
         logits = tiny_cnn(batch["pixel_values"])
@@ -139,8 +139,8 @@ def test_dropout_is_reexported(tiny_cnn):
 
 def test_early_stopping_is_fits_patience(tiny_cnn):
     # No epoch can beat the first by min_delta=10, so patience 1 stops after the second.
-    history = fit(tiny_cnn, make_image_loader(), make_image_loader(seed=1), epochs=10, lr=1e-3, patience=1,
-                  min_delta=10.0, progress=False)
+    history = fit(tiny_cnn, make_image_loader(), make_image_loader(seed=1), epochs=10, lr=1e-3,
+                  early_stopping=EarlyStopping(patience=1, min_delta=10.0), progress=False)
     assert history.stopped_early and len(history) == 2
 
 

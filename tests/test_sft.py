@@ -170,7 +170,7 @@ def _teach(lm, tok, reply="ok", epochs=40):
     examples = [sft.build_sft_example(tok, f"Say it {i}", reply, 256) for i in range(16)]
     loader = sft.make_sft_loader(examples, tok.pad_token_id, batch_size=8, shuffle=True)
     return fit(sft.SFTModel(lm), loader, None, epochs=epochs, optimizer=adamw(lm.parameters(), lr=1e-2),
-               schedule="constant", warmup=0.0, progress=False)
+               schedule="constant", progress=False)
 
 
 def test_a_short_fit_teaches_the_reply_and_generation_stops_at_end_of_turn(tok, lm):

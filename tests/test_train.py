@@ -9,7 +9,7 @@ from tiny_data import make_image_loader
 
 def test_fit_learns_and_records_history(tiny_cnn):
     train, val = make_image_loader(n=96, seed=0), make_image_loader(n=48, seed=1)
-    history = fit(tiny_cnn, train, val, epochs=4, lr=3e-3, progress=False, head_lr_multiplier=1)
+    history = fit(tiny_cnn, train, val, epochs=4, lr=3e-3, progress=False)
     assert len(history) == 4
     assert set(History.KEYS) <= set(history[0])
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -54,12 +54,43 @@ def test_progress_bars_do_not_change_results(tokenizer, capsys, monkeypatch, sty
 def test_early_stopping_restores_best_weights(tiny_cnn):
     train, val = make_image_loader(n=96), make_image_loader(n=48, seed=1)
     # A huge learning rate diverges after a good first epoch or two.
-    history = fit(tiny_cnn, train, val, epochs=8, lr=0.5, schedule="constant", warmup=0.0, patience=2,
-                  clip_grad_norm=None, progress=False, monitor="val_accuracy")
+    history = fit(tiny_cnn, train, val, epochs=8, lr=0.5, schedule="constant", clip_grad_norm=None,
+                  early_stopping=EarlyStopping(patience=2, mode="max"), progress=False)
     best = history.best_epoch
     assert history.stopped_early or len(history) == 8
     final = evaluate(tiny_cnn, val)
     assert final["accuracy"] == pytest.approx(history[best]["val_accuracy"])
+
+
+def test_early_stopping_mode_chooses_what_is_monitored(tiny_cnn):
+    train, val = make_image_loader(n=96), make_image_loader(n=48, seed=1)
+    history = fit(tiny_cnn, train, val, epochs=3, lr=3e-3, early_stopping=EarlyStopping(patience=5, mode="min"),
+                  progress=False)
+    losses = history["val_loss"]
+    assert history.best_epoch == losses.index(min(losses))
+    assert evaluate(tiny_cnn, val)["loss"] == pytest.approx(min(losses))  # its weights were put back
+
+
+def test_the_last_epoch_is_never_copied(tiny_cnn, monkeypatch):
+    copies = []
+    real = tiny_cnn.state_dict
+    monkeypatch.setattr(tiny_cnn, "state_dict", lambda *a, **k: copies.append(1) or real(*a, **k))
+    fit(tiny_cnn, make_image_loader(), make_image_loader(seed=1), epochs=1, progress=False)
+    assert copies == []  # one epoch: nothing could be restored over it, so no copy of the weights
+
+
+def test_a_schedule_can_be_any_scheduler(tiny_cnn, image_loader):
+    from ftlib.optim import make_scheduler
+
+    seen = []
+
+    def schedule(optimizer, total_steps):
+        seen.append(total_steps)
+        return make_scheduler(optimizer, "cosine", total_steps=total_steps, warmup_steps=0)
+
+    history = fit(tiny_cnn, image_loader, None, epochs=2, lr=1e-3, schedule=schedule, progress=False)
+    assert seen == [2 * len(image_loader)]
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine down to 0, without warmup
 
 
 def test_early_stopping_counts_patience():
@@ -89,15 +120,23 @@ def test_evaluate_restores_mode_and_uses_no_grad(tiny_cnn, image_loader):
     assert all(p.grad is None for p in tiny_cnn.parameters())
 
 
-def test_penalty_is_added_to_the_objective(tiny_cnn, image_loader):
+def test_callbacks_add_penalties_and_run_before_each_epoch(tiny_cnn, image_loader):
     calls = []
 
-    def penalty(model):
-        calls.append(1)
-        return sum((p ** 2).sum() for p in model.parameters()) * 0.0
+    class Penalty:
+        def penalty(self, model):
+            calls.append("penalty")
+            return sum((p ** 2).sum() for p in model.parameters()) * 0.0
 
-    fit(tiny_cnn, image_loader, None, epochs=1, penalty=penalty, progress=False)
-    assert len(calls) == len(image_loader)
+    class Hook:
+        def on_epoch_start(self, model, epoch):
+            calls.append(epoch)
+
+    fit(tiny_cnn, image_loader, None, epochs=2, callbacks=[Penalty(), Hook()], progress=False)
+    steps = ["penalty"] * len(image_loader)
+    assert calls == [0, *steps, 1, *steps]
+    with pytest.raises(TypeError, match=r"a callback needs an on_epoch_start\(model, epoch\) or a penalty"):
+        fit(tiny_cnn, image_loader, None, epochs=1, callbacks=[lambda model: 0.0], progress=False)
 
 
 def test_bad_inputs_get_clear_errors(tiny_cnn, image_loader):
@@ -105,6 +144,14 @@ def test_bad_inputs_get_clear_errors(tiny_cnn, image_loader):
         fit(tiny_cnn, image_loader, epochs=0, progress=False)
     with pytest.raises(ValueError, match="lr must be a number > 0"):
         fit(tiny_cnn, image_loader, lr=0, progress=False)
+    with pytest.raises(ValueError, match=r"schedule must be one of \['linear', 'cosine', 'constant'\] or a callable"):
+        fit(tiny_cnn, image_loader, schedule="onecycle", progress=False)
+    with pytest.raises(TypeError, match="runtime must be an ftlib.devices.Runtime"):
+        fit(tiny_cnn, image_loader, runtime="cpu", progress=False)
+    used = EarlyStopping()
+    used.step(1.0)
+    with pytest.raises(ValueError, match="early_stopping has been used already"):
+        fit(tiny_cnn, image_loader, image_loader, early_stopping=used, progress=False)
     with pytest.raises(TypeError, match="dicts with a 'labels' entry"):
         logits_and_labels(tiny_cnn, (torch.randn(1, 3, 8, 8), torch.tensor([0])))
 

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from ftlib.data import load_dataset, make_loader, split_dataset
-from ftlib.devices import autocast, resolve_precision
+from ftlib.devices import Runtime, autocast, resolve_precision
 from ftlib.models import load_model
 from ftlib.train import fit
 
@@ -37,8 +37,8 @@ def bare_loop(model, batches, lr, precision):
 
 
 def ftlib_loop(model, batches, lr, precision):
-    fit(model, batches, None, epochs=1, lr=lr, schedule="constant", warmup=0.0, clip_grad_norm=None,
-        seed=None, progress=True, precision=precision)
+    fit(model, batches, None, epochs=1, lr=lr, schedule="constant", clip_grad_norm=None, seed=None, progress=True,
+        runtime=Runtime(precision=precision))
 
 
 def trainer_loop(model, batches, lr, precision, tmp="/tmp/ftlib-bench-trainer"):

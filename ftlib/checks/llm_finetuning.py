@@ -314,7 +314,7 @@ def _taught_state() -> tuple:
         examples = [reference.build_sft_example(tok, f"Say it {i}", "ok", 256) for i in range(16)]
         loader = reference.make_sft_loader(examples, tok.pad_token_id, batch_size=8, shuffle=True)
         fit(reference.SFTModel(model), loader, None, epochs=40, optimizer=adamw(model.parameters(), lr=1e-2),
-            schedule="constant", warmup=0.0, progress=False)
+            schedule="constant", progress=False)
     return tuple((k, v.clone()) for k, v in model.state_dict().items())
 
 

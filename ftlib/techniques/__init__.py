@@ -22,17 +22,19 @@ l2sp                   ``l2sp``                penalty towards the pretrained we
 lora                   ``adapters``            low-rank adapters on attention query/value (peft)
 =====================  ======================  ==================================================
 
-``label_smoothing`` holds :func:`label_smoothing_loss`, a regularizer of the loss that
-``fit(..., label_smoothing=)`` applies, not a ``--technique``. ``features`` also holds the
-frozen-feature tools (:func:`~ftlib.techniques.features.extract_features`, the probe
-classifier, the feature cache) and ``l2sp`` the L2-SP penalty and weight drift.
+``label_smoothing`` holds :func:`label_smoothing_loss`, a regularizer of the loss
+(``fit(..., loss_fn=nn.CrossEntropyLoss(label_smoothing=))``), not a ``--technique``.
+``features`` also holds the frozen-feature tools
+(:func:`~ftlib.techniques.features.extract_features`, the probe classifier, the feature
+cache) and ``l2sp`` the L2-SP penalty, its ``fit`` callback and the weight drift.
 
 An entry lists its options (``--alpha``, ``--layer-decay``...) with their defaults, which
 are the function's own keyword defaults (read from its signature; its ``description``
 is formatted from them); ``technique_options`` on the run's config overrides them. Its
-``run(model, train_loader, val_loader, cfg)`` turns the run's config (epochs, lr, seed,
-precision) and those options into the function's keyword arguments. The modules import
-torch when a technique runs, not when the registry is read (``ftlib --help``).
+``run(model, train_loader, val_loader, cfg)`` turns the run's config (epochs, lr, seed;
+precision and determinism as one ``runtime``) and those options into the function's
+keyword arguments. The modules import torch when a technique runs, not when the
+registry is read (``ftlib --help``).
 """
 from __future__ import annotations
 

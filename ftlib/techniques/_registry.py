@@ -4,7 +4,8 @@
 exposes take their defaults from the function's signature (the one place a default is
 written), and its description is formatted from them (``"rank {r}"``). The entry's
 ``run(model, train_loader, val_loader, cfg)`` turns a run's config (epochs, lr, seed,
-precision, ``technique_options``) into the function's keyword arguments.
+precision and determinism as one ``runtime``, ``technique_options``) into the function's
+keyword arguments.
 
 Nothing here imports torch: ``ftlib --help`` reads the registry.
 """
@@ -46,10 +47,16 @@ def _options(technique: Technique, cfg) -> dict:
 
 
 def training_kwargs(cfg, opts: dict) -> dict:
-    """The run's budget for techniques that train with ``fit``; ``lr_factor`` scales ``cfg.lr``."""
+    """The run's budget for techniques that train with ``fit``; ``lr_factor`` scales ``cfg.lr``.
+
+    The config's precision and determinism become the ``runtime`` that ``fit`` takes.
+    """
+    from ftlib.devices import Runtime  # here, not at the top: reading the registry imports no torch
+
+    runtime = Runtime(precision=getattr(cfg, "precision", None) or "fp32",
+                      deterministic=getattr(cfg, "deterministic", True))
     return {"epochs": cfg.epochs, "lr": cfg.lr * opts.pop("lr_factor", 1.0), "seed": cfg.seed,
-            "progress": cfg.progress, "precision": getattr(cfg, "precision", None) or "fp32",
-            "deterministic": getattr(cfg, "deterministic", True)}
+            "progress": cfg.progress, "runtime": runtime}
 
 
 def scratch_kwargs(cfg, opts: dict) -> dict:

@@ -50,9 +50,8 @@ def lora(model, train_loader, val_loader=None, *, epochs=3, lr=1e-3, r=8, lora_a
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, config)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    weight_decay = fit_kwargs.pop("weight_decay", 0.01)
     optimizer = adamw([
-        {"params": [p for p in trainable if p.ndim >= 2], "lr": lr, "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim >= 2], "lr": lr, "weight_decay": 0.01},
         {"params": [p for p in trainable if p.ndim < 2], "lr": lr, "weight_decay": 0.0},
     ])
     history = fit(peft_model, train_loader, val_loader, epochs=epochs, lr=lr, optimizer=optimizer, seed=seed,

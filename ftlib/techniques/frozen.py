@@ -14,11 +14,13 @@ def train_frozen(model, train_loader, val_loader=None, *, epochs=3, lr=1e-4, hea
     features tolerates, and needs, a much larger rate than the backbone would.
     """
     from ftlib.freezing import freeze_backbone
+    from ftlib.optim import adamw, param_groups
     from ftlib.train import fit
 
     freeze_backbone(model)
-    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, head_lr_multiplier=head_lr_multiplier,
-                  seed=seed, progress=progress, **fit_kwargs)
+    optimizer = adamw(param_groups(model, lr, head_lr_multiplier))  # the head's parameters: all that trains
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, optimizer=optimizer, seed=seed,
+                  progress=progress, **fit_kwargs)
     return {"history": history, **counts(model)}
 
 

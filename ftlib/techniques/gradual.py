@@ -15,14 +15,19 @@ def gradual_unfreezing(model, train_loader, val_loader=None, *, epochs=3, lr=1e-
     ``blocks_per_epoch`` defaults to as many as it takes to have every block unfrozen in
     the last epoch (a 3-epoch run of an 8-block MiniLM: head, then top 4, then all).
     """
-    from ftlib.freezing import GradualUnfreezing, layer_blocks
+    from ftlib.freezing import GradualUnfreezing, layer_blocks, unfreeze
+    from ftlib.optim import adamw, param_groups
     from ftlib.train import fit
 
     if blocks_per_epoch is None:
         blocks_per_epoch = max(1, math.ceil(len(layer_blocks(model)) / max(1, epochs - 1)))
-    hook = GradualUnfreezing(model, blocks_per_epoch=blocks_per_epoch)
-    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, head_lr_multiplier=head_lr_multiplier,
-                  on_epoch_start=hook, seed=seed, progress=progress, **fit_kwargs)
+    callback = GradualUnfreezing(model, blocks_per_epoch=blocks_per_epoch)
+    # Every block goes into the optimizer, the ones unfrozen in later epochs included;
+    # the callback freezes all but the head before the first epoch.
+    unfreeze(model)
+    optimizer = adamw(param_groups(model, lr, head_lr_multiplier))
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, optimizer=optimizer, callbacks=[callback],
+                  seed=seed, progress=progress, **fit_kwargs)
     return {"history": history, "blocks_per_epoch": blocks_per_epoch, **counts(model)}
 
 

@@ -6,17 +6,18 @@ squared distance to the *pretrained* weights instead, ``alpha / 2 * sum ||w - w0
 over the backbone. The new head has no pretrained value and is left out.
 
 * :func:`train_l2sp` is the ``l2sp`` technique;
-* :func:`l2sp` gives a ready ``penalty`` for ``fit(..., penalty=...)``, built on
+* :func:`l2sp` gives a ready callback for ``fit(..., callbacks=[...])``, built on
   :func:`l2sp_penalty` and the snapshot :func:`backbone_state`;
 * :func:`weight_distance` says how far the backbone moved (``ftlib.forgetting`` too).
 
-The other regularizers are knobs of :func:`ftlib.train.fit` (``label_smoothing=``,
-written out in ``ftlib.techniques.label_smoothing``; ``patience=`` for early stopping) and
-of ``ftlib.heads`` (``replace_head(..., dropout=)``, ``set_dropout``).
+The other regularizers are arguments of :func:`ftlib.train.fit` (``loss_fn=``, with
+``nn.CrossEntropyLoss(label_smoothing=)``, written out in
+``ftlib.techniques.label_smoothing``; ``early_stopping=``) and of ``ftlib.heads``
+(``replace_head(..., dropout=)``, ``set_dropout``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ftlib import arguments
 from ftlib.techniques._registry import counts, entry
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["train_l2sp", "backbone_state", "l2sp_penalty", "l2sp", "weight_distance"]
+__all__ = ["train_l2sp", "backbone_state", "l2sp_penalty", "l2sp", "L2SP", "weight_distance"]
 
 
 def _check_alpha(alpha: float) -> None:
@@ -97,36 +98,39 @@ def l2sp_penalty(model: nn.Module, pretrained_state: Mapping[str, torch.Tensor],
     return 0.5 * alpha * torch.stack(terms).sum()
 
 
-def l2sp(model: nn.Module, alpha: float = 0.01) -> Callable[[nn.Module], torch.Tensor]:
-    """A ``penalty`` for :func:`ftlib.train.fit` that pulls the backbone to its current weights.
+def l2sp(model: nn.Module, alpha: float = 0.01) -> L2SP:
+    """A :func:`ftlib.train.fit` callback whose penalty pulls the backbone to its current weights.
 
     Call it on the freshly loaded pretrained model: the weights are snapshotted now.
+    Turn weight decay off in the optimizer: it would pull the same weights towards zero.
 
     Examples
     --------
     >>> from ftlib.models import TinyCNN
     >>> model = TinyCNN()
-    >>> penalty = l2sp(model, alpha=0.01)
-    >>> float(penalty(model))
+    >>> callback = l2sp(model, alpha=0.01)
+    >>> float(callback.penalty(model))
     0.0
-    >>> # fit(model, train_loader, val_loader, penalty=penalty, weight_decay=0.0)
+    >>> # fit(model, train_loader, val_loader, callbacks=[callback],
+    >>> #     optimizer=adamw(param_groups(model, lr, head_lr_multiplier=1.0, weight_decay=0.0)))
     """
     _check_alpha(alpha)
-    return _L2SPPenalty(backbone_state(model), alpha)
+    return L2SP(backbone_state(model), alpha)
 
 
-class _L2SPPenalty:
-    """What :func:`l2sp` returns: ``w0`` moves to the training device once, not every step.
+class L2SP:
+    """The L2-SP callback: ``penalty(model)`` is :func:`l2sp_penalty` towards ``state``.
 
-    The snapshot is taken where the model was loaded (the CPU); ``fit`` then moves the
-    model to its device, and copying ``w0`` there at every step would cost a host-to-GPU
-    transfer of the whole backbone per batch.
+    ``w0`` moves to the training device once, not every step: the snapshot is taken
+    where the model was loaded (the CPU); ``fit`` then moves the model to its device,
+    and copying ``w0`` there at every step would cost a host-to-GPU transfer of the
+    whole backbone per batch.
     """
 
     def __init__(self, state: dict, alpha: float) -> None:
         self.state_, self.alpha = state, alpha
 
-    def __call__(self, model: nn.Module) -> torch.Tensor:
+    def penalty(self, model: nn.Module) -> torch.Tensor:
         device = next(model.parameters()).device
         if next(iter(self.state_.values())).device != device:
             self.state_ = {k: v.to(device) for k, v in self.state_.items()}
@@ -165,18 +169,19 @@ def train_l2sp(model, train_loader, val_loader=None, *, epochs=3, lr=1e-4, alpha
                **fit_kwargs) -> dict:
     """Fine-tune with the L2-SP penalty ``alpha/2 ||w - w0||^2`` on the backbone.
 
-    Weight decay is turned off (``weight_decay=0``): it would pull the same weights
-    towards zero, against the penalty. Returns the backbone's relative drift too.
+    The optimizer has no weight decay: it would pull the same weights towards zero,
+    against the penalty. Returns the backbone's relative drift too.
     """
     from ftlib.freezing import unfreeze
+    from ftlib.optim import adamw, param_groups
     from ftlib.train import fit
 
     arguments.number(alpha, "alpha", inclusive=True)
     unfreeze(model)
     w0 = backbone_state(model)
-    fit_kwargs.setdefault("weight_decay", 0.0)
-    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, seed=seed, progress=progress,
-                  penalty=lambda m: l2sp_penalty(m, w0, alpha), **fit_kwargs)
+    optimizer = adamw(param_groups(model, lr, head_lr_multiplier=1.0, weight_decay=0.0))
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, optimizer=optimizer,
+                  callbacks=[L2SP(w0, alpha)], seed=seed, progress=progress, **fit_kwargs)
     drift = weight_distance(model, w0)
     return {"history": history, "weight_drift": drift["relative"],
             "final_penalty": 0.5 * alpha * drift["squared"], **counts(model)}

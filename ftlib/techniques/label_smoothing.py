@@ -1,7 +1,7 @@
-"""Label smoothing, written out: the reference for ``fit(..., label_smoothing=s)``.
+"""Label smoothing, written out: the reference for ``nn.CrossEntropyLoss(label_smoothing=s)``.
 
 A regularizer of the loss rather than a ``--technique``: :func:`ftlib.train.fit` takes
-``label_smoothing=0.1`` and uses PyTorch's ``CrossEntropyLoss(label_smoothing=...)``;
+``loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1)``, PyTorch's own;
 :func:`label_smoothing_loss` computes the same loss by hand, as the reference the course
 and the tests check against.
 """

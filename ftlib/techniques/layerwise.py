@@ -14,11 +14,13 @@ def discriminative(model, train_loader, val_loader=None, *, epochs=3, lr=1e-4, l
     for BERT; ULMFiT divides by 2.6 per block (``layer_decay=1/2.6``).
     """
     from ftlib.freezing import unfreeze
+    from ftlib.optim import adamw, param_groups
     from ftlib.train import fit
 
     unfreeze(model)
-    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, layer_decay=layer_decay,
-                  head_lr_multiplier=head_lr_multiplier, seed=seed, progress=progress, **fit_kwargs)
+    optimizer = adamw(param_groups(model, lr, head_lr_multiplier, layer_decay))
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, optimizer=optimizer, seed=seed,
+                  progress=progress, **fit_kwargs)
     return {"history": history, **counts(model)}
 
 
