@@ -52,8 +52,11 @@ test-browser: setup
 test-binder: setup
 	$(BIN)/python -m pytest -q -s tests/binder
 
+# The library's unit suite, a few minutes at most on 2 cores: no real models (integration), no
+# end-to-end runs (slow), no grader, course notebooks, Binder or browser; `make test` runs them all.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not integration and not slow"
+	$(BIN)/python -m pytest -q -m "not integration and not slow" --ignore=tests/grading --ignore=tests/learner \
+		--ignore=tests/binder --ignore=tests/course/test_check_command.py --ignore=tests/course/test_installed_check.py
 
 # The learner's JupyterLab: nbgrader's Validate button, without the instructor's panels and menu
 # (the same settings as Binder's, written into a config folder of the environment, so that an

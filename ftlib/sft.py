@@ -50,6 +50,7 @@ __all__ = [
     "labelled_logits",
     "SFTModel",
     "make_sft_loader",
+    "SFTLoader",
     "add_lora",
     "merge_lora",
     "save_adapter",
@@ -235,7 +236,7 @@ def _fit_batch(batch: dict) -> dict:
             "target_mask": target_mask, "labels": labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]}
 
 
-class make_sft_loader:
+class SFTLoader:
     """Batches of SFT examples for ``fit``: right-padded, then as :class:`SFTModel` wants them.
 
     Examples are grouped by length, rounded up to a multiple of ``pad_to_multiple_of``
@@ -302,6 +303,12 @@ class make_sft_loader:
         for indices in self._batches():
             batch = collate_sft([self.examples[i] for i in indices], self.pad_token_id)
             yield _fit_batch(pad_to_multiple(batch, self.multiple, self.pad_token_id))
+
+
+def make_sft_loader(examples: Sequence[dict], pad_token_id: int, **options) -> SFTLoader:
+    """An :class:`SFTLoader` of ``examples`` (its options: ``batch_size``, ``shuffle``, ``seed``,
+    ``max_tokens``, ``pad_to_multiple_of``): what ``ftlib.data.make_loader`` is to a classifier."""
+    return SFTLoader(examples, pad_token_id, **options)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,7 @@ def test_finetune_errors_name_the_python_argument_not_a_flag(options, message):
     ({"train_sizes": [0]}, r"^train_sizes must be positive; got \[0\]\.$"),
     ({"seeds": []}, r"^seeds must be a non-empty list of integers; got \[\]\.$"),
     ({"techniques": ["full", "full"]}, r"^techniques must name each technique once; got \['full', 'full'\]\.$"),
-    ({"task": "audio"}, r"^task must be one of \['image', 'text', 'text generation'\]; got 'audio'\.$"),
+    ({"task": "audio"}, r"^task must be one of \['image', 'text'\]; got 'audio'\.$"),
 ])
 def test_compare_errors_name_the_python_argument_not_a_flag(options, message):
     from ftlib.compare import CompareConfig

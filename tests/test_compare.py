@@ -77,6 +77,7 @@ def test_summarize_mean_std_and_time_ratio():
         summarize([])
 
 
+@pytest.mark.slow
 def test_compare_writes_tables_and_plots(tmp_path, tokenizer):
     lines = []
     rows = compare(model="tiny-bert", techniques=["full", "feature-extraction"], train_sizes=[16, 32], seeds=[0, 1],

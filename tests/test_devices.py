@@ -82,6 +82,7 @@ def _count_syncs(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_fit_synchronises_once_per_epoch_not_per_step(monkeypatch, precision):
     counts = []
     for n in (48, 144):  # 6 and 18 steps per epoch
@@ -129,6 +130,7 @@ def reproducible_for(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_fit_trains_inside_reproducible_for_its_device(reproducible_for):
     train.fit(TinyCNN(num_classes=3), make_image_loader(), epochs=1, progress=False, runtime=Runtime("cpu"))
     assert reproducible_for == [torch.device("cpu")]

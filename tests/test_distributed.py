@@ -45,6 +45,7 @@ def launched(tmp_path_factory):
     return out, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_every_process_ends_with_the_same_weights(launched):
     out, _ = launched
     first, second = (torch.load(out / f"weights{rank}.pt") for rank in (0, 1))

@@ -86,6 +86,7 @@ def test_nll_averages_over_all_reply_tokens_not_over_prompts(tok, lm):
 
 
 @pytest.mark.parametrize("which", ["random", "taught"])
+@pytest.mark.slow
 def test_an_unchanged_model_has_forgotten_nothing(tok, lm, base, which):
     model = lm if which == "random" else base
     before = general_replies(model, tok, PROMPTS, max_new_tokens=16)

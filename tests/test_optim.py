@@ -101,6 +101,7 @@ def test_scheduler_scales_each_group_by_its_own_rate(tiny_cnn, schedule):
         make_scheduler(optimizer, "triangle", total_steps=10)
 
 
+@pytest.mark.slow
 def test_lr_range_test_curve_and_restores_weights(tiny_cnn):
     loader = make_image_loader(n=96, batch_size=8)
     before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}

@@ -36,6 +36,7 @@ def text_folder(tmp_path_factory):
     return folder, want
 
 
+@pytest.mark.slow
 def test_text_model_reloads_in_a_fresh_process_with_identical_predictions(text_folder):
     folder, want = text_folder
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
@@ -47,6 +48,7 @@ def test_text_model_reloads_in_a_fresh_process_with_identical_predictions(text_f
         load_finetuned(folder).predict([np.zeros((8, 8, 3), dtype=np.uint8)])
 
 
+@pytest.mark.slow
 def test_saved_text_model_loads_in_transformers_pipeline_without_ftlib(text_folder):
     folder, want = text_folder
     code = ("import json, sys\nfrom transformers import pipeline\n"
@@ -104,6 +106,7 @@ def _cli(*args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_ftlib_predict_on_texts_a_file_and_as_json(text_folder, tmp_path):
     folder, want = text_folder
     labels = [["rotten", "fresh"][i] for i in want.argmax(1)]
@@ -119,6 +122,7 @@ def test_ftlib_predict_on_texts_a_file_and_as_json(text_folder, tmp_path):
     np.testing.assert_allclose([row["probability"] for row in rows], want.max(1), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ftlib_predict_refuses_the_wrong_modality(text_folder, tmp_path):
     folder, _ = text_folder
     image = tmp_path / "cat.png"

@@ -173,6 +173,7 @@ def _teach(lm, tok, reply="ok", epochs=40):
                schedule="constant", progress=False)
 
 
+@pytest.mark.slow
 def test_a_short_fit_teaches_the_reply_and_generation_stops_at_end_of_turn(tok, lm):
     history = _teach(lm, tok)
     assert history["train_loss"][-1] < 0.05 < history["train_loss"][0]

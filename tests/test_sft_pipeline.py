@@ -22,6 +22,7 @@ def test_a_generative_model_implies_its_task_and_lora(tmp_path):
     assert FinetuneConfig(model="tiny-llama", test_size=2000).resolved().test_size == 2000
 
 
+@pytest.mark.slow
 def test_finetune_writes_metrics_generations_curves_and_the_adapter(tmp_path):
     lines = []
     metrics = finetune(model="tiny-llama", train_size=8, val_size=4, test_size=6, batch_size=4, max_length=384,
@@ -46,6 +47,7 @@ def test_finetune_writes_metrics_generations_curves_and_the_adapter(tmp_path):
     assert metrics["out"] == str(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_finetune_full_and_fp32(tmp_path, capsys):
     code = main(["finetune", "--model", "tiny-llama", "--technique", "full", "--precision", "fp32", "--train-size",
                  "4", "--val-size", "2", "--test-size", "4", "--max-length", "384", "--quiet", "--out", str(tmp_path)])
@@ -61,6 +63,7 @@ def test_cli_finetune_full_and_fp32(tmp_path, capsys):
     (False, "AVX512", "fp32"),  # AVX-512 without BF16: bf16 emulated
     (True, "AVX2", "fp32"),  # PyTorch kept to AVX2 kernels
 ])
+@pytest.mark.slow
 def test_the_generative_job_takes_its_precision_and_autocast_from_ftlib_devices(tmp_path, monkeypatch, flags,
                                                                               capability, expected):
     """One precision decision in the library: if pipeline_llm or sft decided on their own, this fails."""

@@ -182,6 +182,7 @@ def _run_fit(stderr, env_extra=None):
                           timeout=300, check=True)
 
 
+@pytest.mark.slow
 def test_progress_off_a_terminal_is_one_line_per_phase(tmp_path):
     # `ftlib finetune > log 2>&1`, CI, nohup: no carriage-return fragments, one line per
     # phase with its time, then the epoch's summary.
@@ -199,6 +200,7 @@ def test_progress_off_a_terminal_is_one_line_per_phase(tmp_path):
     assert lines[-1].startswith("epochs: 2 epochs in ")
 
 
+@pytest.mark.slow
 def test_progress_in_a_terminal_keeps_the_bars():
     import fcntl
     import os

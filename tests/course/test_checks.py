@@ -193,6 +193,7 @@ def test_the_stop_token_hint_names_what_the_notebook_teaches():
         check_greedy_generate(generate_never_stops)
 
 
+@pytest.mark.slow
 def test_an_unseeded_bootstrap_is_caught_every_time_not_only_usually():
     """Intervals of 100 or 400 booleans are coarse: two unseeded runs agreed by chance, and the
     wrong answer passed the check in 17 of 300 tries (it compared one repeat only)."""
