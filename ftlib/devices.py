@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftlib import arguments
+
 __all__ = [
     "PRECISIONS",
     "default_device",
@@ -143,8 +145,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     fp16 with a gradient scaler on older CUDA GPUs, and fp32 everywhere else (CPUs with
     AVX2 only, Apple's MPS).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}.")
+    arguments.one_of(precision, "precision", PRECISIONS)
     if precision != "auto":
         return precision
     device = torch.device(device)
@@ -330,8 +331,7 @@ class Runtime:
     deterministic: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {self.precision!r}.")
+        arguments.one_of(self.precision, "precision", PRECISIONS)
 
     def runner(self, *, find_unused_parameters: bool = False):
         """The runner that executes ``fit``'s steps (see :func:`make_runner`)."""
