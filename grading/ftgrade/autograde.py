@@ -82,11 +82,22 @@ def _notebook_events(resources: dict) -> dict[str, Any]:
                                      "memory_errors": []})
 
 
-def _without_debugger(cmd: list[str]) -> list[str]:
-    """``python -m ipykernel_launcher ...`` becomes ``python -m ftgrade._kernel ...``."""
+# Seconds a kernel has to answer after the interrupt that follows a timeout: enough for
+# one that stopped to send what the cell printed before it (a flood of output takes
+# seconds on a loaded machine). One that never answers costs this once: it is stopped.
+_DEAF_AFTER = 10.0
+
+
+def _grading_kernel(cmd: list[str], max_chars: int = 0) -> list[str]:
+    """``python -m ipykernel_launcher ...`` becomes ``python -m ftgrade._kernel ...``.
+
+    `ftgrade._kernel` starts without the debugger and, given ``max_chars``, cuts every
+    string in the messages it sends to that many characters.
+    """
     for i in range(len(cmd) - 1):
         if cmd[i] == "-m" and cmd[i + 1] == "ipykernel_launcher":
-            return [*cmd[:i + 1], "ftgrade._kernel", *cmd[i + 2:]]
+            option = [f"--max-chars={int(max_chars)}"] if max_chars else []
+            return [*cmd[:i + 1], "ftgrade._kernel", *option, *cmd[i + 2:]]
     return cmd  # another kind of kernel: run it as it is
 
 
@@ -106,6 +117,7 @@ class SandboxKernelManager(AsyncKernelManager):
     sandbox_files = List(List(Unicode())).tag(config=True)  # [name inside, trusted source] per file
     sandbox_enabled = Unicode("").tag(config=True)  # "1" to wrap
     sandbox_tmp_bytes = Integer(0).tag(config=True)  # the size of the kernel's /tmp and working folder
+    max_message_chars = Integer(0).tag(config=True)  # the longest string a kernel's message carries (0: any)
 
     def __init__(self, **kwargs):
         # The sandbox shares no network with us, but Unix sockets work; their path must be
@@ -160,7 +172,7 @@ class SandboxKernelManager(AsyncKernelManager):
         return home
 
     def format_kernel_cmd(self, extra_arguments=None):
-        cmd = _without_debugger(super().format_kernel_cmd(extra_arguments))
+        cmd = _grading_kernel(super().format_kernel_cmd(extra_arguments), self.max_message_chars)
         if not self.sandbox_enabled:
             return cmd
         # Interrupt through the control channel: a SIGINT to the process group would also
@@ -281,14 +293,22 @@ class GradingExecute(Execute):
         text = (result.get("data") or {}).get("text/plain", "")
         return text if isinstance(text, str) else ""
 
-    def _stop_if_deaf(self) -> None:
-        """After a timeout: interrupt; a kernel still busy 5 s later is stopped for good."""
+    def _stop_if_deaf(self, *, interrupt: bool = True) -> None:
+        """After a timeout: interrupt (unless nbclient already did); a kernel still busy
+        `_DEAF_AFTER` seconds later is stopped for good.
+
+        Never a second interrupt: one that lands in ipykernel's own code after the first
+        stopped the learner's (while it still flushes the cell's output on a loaded
+        machine) aborts the reply it was sending ("KeyboardInterrupt caught in kernel"), and
+        the kernel answers nothing after that.
+        """
         from queue import Empty
 
-        with contextlib.suppress(Exception):
-            run_sync(self.km.interrupt_kernel)()
+        if interrupt:
+            with contextlib.suppress(Exception):
+                run_sync(self.km.interrupt_kernel)()
         msg_id = self.kc.execute("", silent=True, store_history=False)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + _DEAF_AFTER
         while time.monotonic() < deadline:
             try:
                 msg = run_sync(self.kc.shell_channel.get_msg)(timeout=1.0)
@@ -328,11 +348,12 @@ class GradingExecute(Execute):
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except CellTimeoutError:
-            # The kernel did not go idle after the interrupt (nbclient's IOPub timeout): the
-            # cell timed out, whatever the kernel does next.
+            # The kernel did not go idle within nbclient's IOPub timeout after the interrupt
+            # (it ignored it, or was still sending output): the cell timed out, whatever the
+            # kernel does next; `_stop_if_deaf` below finds out which.
             cell.outputs = list(cell.get("outputs", [])) + [NotebookNode(
                 output_type="error", ename="CellTimeoutError", traceback=[],
-                evalue=f"the cell did not finish within {self.timeout} s and ignored the interrupt")]
+                evalue=f"the cell did not finish within {self.timeout} s and was interrupted")]
         except DeadKernelError:
             self._dead_at = index
             self._events["died_in"] = index
@@ -342,7 +363,7 @@ class GradingExecute(Execute):
         if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
             self._events["timeouts"].append(index)
             if self._dead_at is None:
-                self._stop_if_deaf()
+                self._stop_if_deaf(interrupt=False)  # nbclient interrupted it (interrupt_on_timeout)
         if any(o.get("ename") == "MemoryError" for o in cell.get("outputs", [])):
             gid = (cell.metadata.get("nbgrader") or {}).get("grade_id")
             self._events["memory_errors"].append(f"{index} ({gid})" if gid else str(index))
@@ -769,6 +790,7 @@ def _autograde(spec: dict[str, Any]) -> dict[str, Any]:
         c.SandboxKernelManager.sandbox_scratch = tmp
         c.SandboxKernelManager.sandbox_files = files
         c.SandboxKernelManager.sandbox_tmp_bytes = int(spec.get("tmp_bytes") or 0)
+        c.SandboxKernelManager.max_message_chars = int(spec["max_output_bytes"])  # kept per cell anyway
         c.OverwriteCells.add_missing_cells = True
         c.Autograde.autograde_preprocessors = [GradingExecute, IgnorePattern, ClearMetadataPreprocessor,
                                                LimitOutput, LenientSaveAutoGrades, AssignLatePenalties,

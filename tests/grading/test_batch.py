@@ -128,11 +128,11 @@ def test_the_grading_kernel_is_ipykernel_without_the_debugger(tmp_path, monkeypa
 
     from jupyter_client.manager import AsyncKernelManager
 
-    from ftgrade.autograde import SandboxKernelManager, _without_debugger
+    from ftgrade.autograde import SandboxKernelManager, _grading_kernel
 
-    assert _without_debugger(["py", "-m", "ipykernel_launcher", "-f", "c.json"]) == \
+    assert _grading_kernel(["py", "-m", "ipykernel_launcher", "-f", "c.json"]) == \
         ["py", "-m", "ftgrade._kernel", "-f", "c.json"]
-    assert _without_debugger(["R", "--slave", "-e", "IRkernel::main()"]) == ["R", "--slave", "-e", "IRkernel::main()"]
+    assert _grading_kernel(["R", "--slave", "-e", "IRkernel::main()"]) == ["R", "--slave", "-e", "IRkernel::main()"]
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
 
     async def probe(manager_class) -> str:

@@ -17,7 +17,7 @@ def test_fault_status_and_score(graded, student):
     _, rows, _ = graded
     _, status, total = helpers.FAULTS[student]
     row = rows[student]
-    assert (row["status"], row["total"], row["max_total"]) == (status, total, 6), row
+    assert (row["status"], row["total"], row["max_total"]) == (status, total, 6), row["message"]
 
 
 def test_per_cell_scores_of_a_syntax_error(graded):
