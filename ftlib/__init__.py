@@ -13,7 +13,8 @@ One module per step of the course:
 ``ftlib.pipeline`` runs the seven steps end to end (``ftlib finetune``). The techniques:
 ``ftlib.techniques`` (feature extraction, LP-FT, discriminative rates, gradual unfreezing,
 L2-SP, LoRA...: the registry behind ``--technique``, one module per technique, label
-smoothing too), ``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``). Your own data:
+smoothing too), ``ftlib.forgetting`` and ``ftlib.compare`` (``ftlib compare``). Generative
+models: ``ftlib.generative`` (supervised fine-tuning of a chat model, what it forgets). Your own data:
 ``ftlib.data`` too (a CSV/TSV/JSON Lines file or an image folder); keeping and using the
 model: ``ftlib.saving`` (save, reload, predict).
 Names are imported lazily so ``import ftlib`` stays cheap (no torch until needed).

@@ -200,7 +200,7 @@ def _build_smollm2(num_classes: int | None, pretrained: bool, *, dtype: torch.dt
 
 
 def tiny_llama_config(vocab_size: int = 259, **overrides):
-    """A 2-layer Llama config with random weights: tests of ``ftlib.sft`` run in seconds."""
+    """A 2-layer Llama config with random weights: tests of ``ftlib.generative.sft`` run in seconds."""
     from transformers import LlamaConfig
 
     options = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -224,7 +224,7 @@ def tiny_chat_tokenizer():
 
     Ids: 0 ``<|endoftext|>``, 1 ``<|im_start|>``, 2 ``<|im_end|>`` (end of turn, also EOS
     and padding, as in SmolLM2), then the 256 bytes. Text round-trips exactly, so tests of
-    ``ftlib.sft`` need no downloaded vocabulary.
+    ``ftlib.generative.sft`` need no downloaded vocabulary.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

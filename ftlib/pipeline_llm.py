@@ -3,12 +3,12 @@
 A chat model is fine-tuned to answer an instruction about each example ("Is this movie
 review positive or negative?" -> "positive"), with the data set's own labels as the
 answers. Its accuracy is measured the same way before training (zero-shot: the instruct
-model as it comes) and after, by the likelihood of each answer (``ftlib.sft``). The run
+model as it comes) and after, by the likelihood of each answer (``ftlib.generative.sft``). The run
 writes ``metrics.json`` (the classifier job's schema plus ``zero_shot``, ``precision``,
 ``trainable_parameters`` and ``forgetting``), ``learning_curves.png``, ``confusion_matrix.png``,
 ``generations.json`` (greedy replies before and after) and ``adapter/`` (LoRA only).
 
-``forgetting`` is the other side of the trade (:func:`ftlib.forgetting.generative_forgetting`):
+``forgetting`` is the other side of the trade (:func:`ftlib.generative.forgetting.generative_forgetting`):
 the replies to a few general prompts (a fact, a haiku, a spam question...) before and after,
 and the perplexity of the base model's replies under the fine-tuned model.
 """
@@ -62,11 +62,11 @@ def finetune_llm(cfg, *, log: Callable[[str], None] = print) -> dict:
     """Run the job for a resolved :class:`ftlib.pipeline.FinetuneConfig` of task "text generation"."""
     import torch
 
-    from ftlib import sft
+    from ftlib.generative import sft
     from ftlib.data import load_dataset, split_dataset
     from ftlib.devices import default_device
     from ftlib.evaluate import held_out_metrics
-    from ftlib.forgetting import general_replies, generative_forgetting
+    from ftlib.generative.forgetting import general_replies, generative_forgetting
     from ftlib.models import count_parameters, get_model_spec, load_causal_lm
     from ftlib.optim import adamw
     from ftlib.runner import Run, run_metrics

@@ -118,7 +118,7 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
 def _example_rows(batch: dict, labels: torch.Tensor) -> torch.Tensor | None:
     """The row of the batch each label belongs to, when labels are not one per row.
 
-    Causal-LM batches (``ftlib.sft``) carry one label per answer token, located by the
+    Causal-LM batches (``ftlib.generative.sft``) carry one label per answer token, located by the
     (B, T) ``target_mask``; a classifier's labels are one per row (None).
     """
     first = next((v for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)), None)

@@ -1,4 +1,4 @@
-"""ftlib.forgetting for chat models, on a tiny random Llama (2 layers, byte-level ChatML tokenizer): seconds."""
+"""ftlib.generative.forgetting, on a tiny random Llama (2 layers, byte-level ChatML tokenizer): seconds."""
 import json
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ftlib import sft
-from ftlib.forgetting import GENERAL_PROMPTS, general_replies, generative_forgetting, reply_nll
+from ftlib.generative import sft
+from ftlib.generative.forgetting import GENERAL_PROMPTS, general_replies, generative_forgetting, reply_nll
 from ftlib.models import load_causal_lm, tiny_chat_tokenizer
 from ftlib.optim import adamw
 from ftlib.train import fit
@@ -63,7 +63,7 @@ def test_nll_is_the_mean_cross_entropy_of_the_reply_and_end_of_turn_given_the_pr
     assert set(result) == {"prompts", "replies", "nll"} and result["prompts"] == list(PROMPTS[:1])
     (reply,) = result["replies"]
     assert reply == sft.greedy_generate(lm, tok, PROMPTS[0], max_new_tokens=12)
-    # Computed without ftlib.sft's example builder: the rendered prompt, the reply, <|im_end|>.
+    # Computed without ftlib.generative.sft's example builder: the rendered prompt, the reply, <|im_end|>.
     rendered = tok.apply_chat_template(sft.chat_messages(PROMPTS[0]), tokenize=False, add_generation_prompt=True)
     context = tok(rendered, add_special_tokens=False)["input_ids"]
     answer = tok(reply, add_special_tokens=False)["input_ids"] + [IM_END]

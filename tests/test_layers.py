@@ -93,3 +93,12 @@ def test_no_module_imports_another_modules_private_names():
             package = ".".join(path.relative_to(root.parent).with_suffix("").parts[:-1])
             found += _private_imports(path, package)
     assert not found, found
+
+
+def test_the_generative_modules_sit_together_on_top_of_the_steps():
+    """``ftlib.generative`` uses the steps (``fit``, the devices); the steps and techniques never use it."""
+    graph = import_graph()
+    generative = {m for m in graph if m == "ftlib.generative" or m.startswith("ftlib.generative.")}
+    assert {"ftlib.generative.sft", "ftlib.generative.forgetting"} <= generative, sorted(generative)
+    users = sorted(m for m, t in graph.items() if t & generative and m not in generative)
+    assert users == ["ftlib.checks.llm_finetuning", "ftlib.pipeline_llm"], users

@@ -1,9 +1,9 @@
-"""ftlib.sft on a tiny random Llama (2 layers, byte-level ChatML tokenizer): seconds, no downloads."""
+"""ftlib.generative.sft on a tiny random Llama (2 layers, byte-level ChatML tokenizer): seconds, no downloads."""
 import pytest
 import torch
 from torch.nn import functional as F
 
-from ftlib import sft
+from ftlib.generative import sft
 from ftlib.models import load_causal_lm, tiny_chat_tokenizer
 from ftlib.optim import adamw
 from ftlib.train import fit

@@ -2,7 +2,7 @@
 
 Frozen weights in bf16 (as `ftlib finetune` stores them where the CPU has native bf16),
 LoRA r=16 on every linear layer, Rotten Tomatoes as instructions, batches from
-`ftlib.sft.make_sft_loader`. Variants: lengths padded to a multiple of 16 or not
+`ftlib.generative.sft.make_sft_loader`. Variants: lengths padded to a multiple of 16 or not
 (--no-multiple), --round N (pad further, to N), --max-tokens per batch, gradient
 checkpointing (--ckpt), glibc's malloc_trim after every step (--trim), weights read
 straight into bf16 (--load-bf16) or loaded in fp32 and converted (default, --fp32 keeps
@@ -42,7 +42,7 @@ def rss():
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ftlib import sft  # noqa: E402
+from ftlib.generative import sft  # noqa: E402
 from ftlib.data import load_dataset, split_dataset  # noqa: E402
 from ftlib.models import load_causal_lm  # noqa: E402
 from ftlib.optim import adamw  # noqa: E402

@@ -5,7 +5,7 @@ Rotten Tomatoes instructions, same optimizer, in one process, in rotating rounds
 
 * naive: ``model(input_ids, attention_mask, labels=labels)`` in fp32, labels on every
   position (the usual first loop: the vocabulary projection at every position);
-* ftlib fp32: ``ftlib.sft.SFTModel``, the projection only at the labelled positions;
+* ftlib fp32: ``ftlib.generative.sft.SFTModel``, the projection only at the labelled positions;
 * ftlib bf16 autocast: the same under bf16 autocast over fp32 weights;
 * ftlib bf16 weights: frozen weights stored in bf16, adapters fp32 (what ``ftlib finetune``
   runs with LoRA where the CPU has native bf16; both bf16 rows only there).
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from ftlib import sft
+from ftlib.generative import sft
 from ftlib.data import load_dataset, split_dataset
 from ftlib.models import load_causal_lm
 from ftlib.pipeline_llm import INSTRUCTIONS, instruction_prompts

@@ -2,7 +2,7 @@
 
 Every check runs on the tiny random Llama and byte-level ChatML tokenizer of
 ``ftlib.models`` (``load_causal_lm("tiny-llama")``), so it takes a second or two and needs
-no download, and compares the learner's function with ``ftlib.sft`` on the same inputs.
+no download, and compares the learner's function with ``ftlib.generative.sft`` on the same inputs.
 The tokenizer pads with its end-of-turn token, as SmolLM2 does: an answer that masks
 "padding" by token id masks the end of turn too, and is caught.
 """
@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from ftlib import sft as reference
+from ftlib.generative import sft as reference
 from ftlib.checks._common import error_text, CheckFailure, as_float, call, expect, first_difference, quiet
 from ftlib.checks.remote import observe
 

@@ -2,7 +2,7 @@
 
 :func:`lora` is the ``lora`` technique for classifiers (its rank: the default of ``r``).
 ``ftlib finetune`` on a generative model runs LoRA too, through ``ftlib.pipeline_llm`` and
-``ftlib.sft.add_lora``, on every linear layer of its blocks and at a larger rank,
+``ftlib.generative.sft.add_lora``, on every linear layer of its blocks and at a larger rank,
 :data:`GENERATIVE_RANK`; ``--lora-rank`` overrides either.
 """
 from __future__ import annotations

@@ -16,7 +16,8 @@ def _via(how: str, answer):
 
 def _reference(module: str, exercise: str):
     import ftlib.checks.evaluate as evaluate_checks
-    from ftlib import data, evaluate, freezing, heads, models, optim, sft, train, weights
+    from ftlib import data, evaluate, freezing, heads, models, optim, train, weights
+    from ftlib.generative import sft
 
     if exercise == "select_and_test":
         return evaluate_checks.reference_select_and_test

@@ -24,7 +24,7 @@ FP32_LLM_MEMORY_MB = 1850
 
 
 def _memory_limit_mb(name: str) -> int:
-    from ftlib import sft
+    from ftlib.generative import sft
 
     return FP32_LLM_MEMORY_MB if name.startswith("09_") and not sft.bf16_is_native() else MEMORY_MB
 

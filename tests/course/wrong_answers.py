@@ -613,7 +613,7 @@ WRONG = {
 # 09 llm_finetuning ---------------------------------------------------------------------------
 # Each is a real mistake from the trl / peft / transformers issue trackers (see the checks).
 def _sft():
-    from ftlib import sft
+    from ftlib.generative import sft
 
     return sft
 

@@ -6,7 +6,7 @@ The first load converts the package's 4-bit GGUF file into the ftlib cache (abou
 import pytest
 import torch
 
-from ftlib import sft
+from ftlib.generative import sft
 from ftlib.data import load_dataset, split_dataset
 from ftlib.models import cache_dir, count_parameters, load_causal_lm
 from ftlib.optim import adamw
