@@ -36,6 +36,9 @@ class Bench:
 
 
 BENCHES = [
+    Bench("headline", (PY, "bench/headline.py"), 15,
+          "README's table and the head of RESULTS.md: the three jobs at their defaults, kept in bench/records/ "
+          "(then scripts/write_results.py)"),
     Bench("main-job", (PY, "bench/foundation/bench_finetune.py"), 7,
           "main job and image job: test accuracy, wall time, peak memory"),
     Bench("llm-step", (PY, "bench/llm/bench_step.py", "--steps", "5", "--rounds", "2"), 5,

@@ -1,9 +1,10 @@
 """The README stays a newcomer's page, and the docs' links and commands stay true.
 
 * README.md is at most 12 KiB: measurements belong in bench/RESULTS.md, guides in docs/.
-* Every measurement-like number in README.md is one that bench/RESULTS.md records, so the
-  README cannot quote a figure no record holds (the same rule and regex as
-  tests/course/test_quoted_numbers.py, for the notebooks' quoted numbers).
+* Every measurement-like number in README.md and docs/*.md is one that bench/RESULTS.md records
+  (or, for a version in docs/, pyproject.toml), so neither can quote a figure no record holds
+  (the same rule and regex as tests/course/test_quoted_numbers.py, for the notebooks' quoted
+  numbers); README's table and the head of RESULTS.md are written from bench/records/.
 * Every relative link of README.md, docs/*.md and bench/RESULTS.md names an existing file.
 * Every `make TARGET` the README shows is a target of the Makefile.
 """
@@ -110,3 +111,48 @@ def test_every_make_target_the_readme_names_exists():
     named = make_targets_named(README.read_text(encoding="utf-8"))
     assert {"demo", "test", "lab"} <= named  # the quick start is still there
     assert named - makefile_targets() == set()
+
+
+def _write_results():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("write_results", ROOT / "scripts" / "write_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_headline_figures_are_written_from_the_records():
+    """README's table and the head of RESULTS.md are what scripts/write_results.py makes of bench/records/."""
+    write_results = _write_results()
+    records = write_results.load_records()
+    assert records, "bench/records/ holds no record: run bench/headline.py"
+    assert set(records[0]["jobs"]) == {"main", "image", "generative"}, records[0]["file"]
+    for path, text in write_results.written().items():
+        assert path.read_text(encoding="utf-8") == text, \
+            f"{path.relative_to(ROOT)} is out of date with bench/records/: run scripts/write_results.py"
+
+
+def test_the_headline_table_shows_what_the_record_holds():
+    write_results = _write_results()
+    record = {"date": "2030-01-01", "file": "headline-x.json", "commit": "abc",
+              "machine": {"cpu": "Some CPU", "family": "6", "model": "1", "flags": ["avx2"], "cores": 2, "torch": "2"},
+              "jobs": {"generative": {"command": "ftlib finetune --model smollm2-135m", "precision": "bf16",
+                                      "test_accuracy": 0.84567, "zero_shot_accuracy": 0.7, "training_seconds": 170.4,
+                                      "wall_seconds": 484.6, "peak_memory_mb": 1277.2, "train_size": 8900,
+                                      "test_size": 2000, "epochs": 1, "test_macro_f1": 0.84}}}
+    table = write_results.readme_table(record)
+    assert "| 0.8457 (zero-shot 0.7000) | 170 s / 485 s | 1,277 MB |" in table, table
+    assert "2030-01-01 on Some CPU (family 6, model 1; avx2), 2 cores, at bf16" in table, table
+    section = write_results.results_section([record])
+    assert "| 8,900 / 2,000 | 1 | bf16 | 0.8457 (zero-shot 0.7000) | 0.8400 | 170 s | 485 s | 1,277 MB |" in section
+    with pytest.raises(SystemExit, match="needs one"):
+        write_results.replace_between("no markers", "body", "README.md")
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_every_number_in_the_docs_is_recorded(page):
+    """A figure in docs/ comes from bench/RESULTS.md; a version, from pyproject.toml's requirements."""
+    sources = RESULTS.read_text(encoding="utf-8") + (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    missing = unrecorded_numbers((ROOT / "docs" / page).read_text(encoding="utf-8"), sources)
+    assert missing == [], f"docs/{page} quotes {missing}, which neither bench/RESULTS.md nor pyproject.toml holds"
