@@ -7,6 +7,9 @@ The modules, read in this order:
   generation, batches grouped by length, the shifted loss, `SFTModel` (so
   `ftlib.train.fit` trains it), LoRA adapters (add, merge, save, load), scoring answer
   choices, batched greedy generation.
+- `chat`: conversations (``{"role", "content"}`` messages, TRL's and OpenAI's format) as
+  training examples: every assistant reply labelled, whole oldest exchanges dropped when
+  too long (`build_chat_example`), and one-line errors for what is not a conversation.
 - `decoding`: from next-token scores to text: greedy, temperature and nucleus (top-p)
   sampling (`sample_next_token`), and a decode loop with the KV cache
   (`generate_with_cache`).
