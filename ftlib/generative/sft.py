@@ -25,9 +25,7 @@ It does not pack sequences or train on multi-turn chats; TRL does both, for GPUs
 """
 from __future__ import annotations
 
-import contextlib
 import random
-import warnings
 from typing import Iterable, Sequence
 
 import torch
@@ -35,6 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ftlib import arguments, devices
+from ftlib.techniques import adapters
+from ftlib.techniques.adapters import GENERATIVE_RANK, GENERATIVE_TARGETS
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -311,17 +311,8 @@ def make_sft_loader(examples: Sequence[dict], pad_token_id: int, **options) -> S
     return SFTLoader(examples, pad_token_id, **options)
 
 
-@contextlib.contextmanager
-def _peft_calls():
-    """peft reads transformers' deprecated ``is_gradient_checkpointing``: a FutureWarning that
-    is theirs, not the learner's, shown in every notebook that adds LoRA. Silence that one only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
-def add_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
-             target_modules: str | list[str] = "all-linear"):
+def add_lora(model: nn.Module, *, r: int = GENERATIVE_RANK, alpha: int = 2 * GENERATIVE_RANK, dropout: float = 0.0,
+             target_modules: str | list[str] = GENERATIVE_TARGETS):
     """Wrap ``model`` with LoRA adapters (peft) and freeze everything else.
 
     Each targeted ``Linear`` W gets a trainable low-rank update ``(alpha / r) * B @ A``
@@ -329,15 +320,11 @@ def add_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float =
     default targets every linear layer of the blocks (attention and MLP), not peft's
     historical query/value only; the output layer is not adapted. No dropout by default:
     peft's dropout keeps a dropped-out copy of every adapted layer's input for the
-    backward pass, which costs memory this CPU budget does not have.
+    backward pass, which costs memory this CPU budget does not have. The defaults are the
+    generative job's (``ftlib.techniques.adapters``, where classifiers get theirs too).
     """
-    from peft import LoraConfig, get_peft_model
-
-    arguments.integer(r, "r", meaning="the LoRA rank")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        task_type="CAUSAL_LM")
-    with _peft_calls():
-        return get_peft_model(model, config)
+    return adapters.add_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                             task_type="CAUSAL_LM")
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -373,7 +360,7 @@ def load_adapter(model: nn.Module, path, *, trainable: bool = False):
     """Put the adapter saved at ``path`` on top of ``model`` (the same base weights)."""
     from peft import PeftModel
 
-    with _peft_calls():
+    with adapters.quiet_peft():
         return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 
