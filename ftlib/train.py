@@ -293,7 +293,6 @@ def fit(
     loss_fn: Callable | None = None,
     clip_grad_norm: float | None = 1.0,
     callbacks: Sequence = (),
-    early_stopping: EarlyStopping | None = None,
     seed: int | None = 0,
     runtime: Runtime | None = None,
     progress: bool = True,
@@ -301,7 +300,7 @@ def fit(
     """Train ``model`` for ``epochs`` epochs, validating after each one.
 
     At the end the weights of the best validation epoch are put back: the best on
-    validation accuracy, or on what ``early_stopping`` monitors. Under ``accelerate
+    validation accuracy, or on what an early stopper among the ``callbacks`` monitors. Under ``accelerate
     launch`` the same call trains on every process: each sees its share of the
     DataLoaders, gradients are averaged, validation metrics are gathered over the whole
     validation set, every process takes the same decisions (best epoch, early stopping)
@@ -317,7 +316,7 @@ def fit(
         Validation batches, evaluated after each epoch. Without them nothing is
         monitored: no early stopping, and the last epoch's weights are kept.
     epochs : int
-        Passes over ``train_loader`` (fewer when ``early_stopping`` stops the run).
+        Passes over ``train_loader`` (fewer when an early stopper stops the run).
     lr : float
         The learning rate (> 0) of the default optimizer.
     optimizer : torch.optim.Optimizer, optional
@@ -339,20 +338,24 @@ def fit(
     clip_grad_norm : float or None
         Gradients are clipped to this global norm; None does not clip.
     callbacks : sequence
-        Objects with an ``on_epoch_start(model, epoch)`` method, called before each
-        epoch (``ftlib.freezing.GradualUnfreezing``), and/or a ``penalty(model)`` method,
-        a scalar tensor added to the loss at every step (``ftlib.techniques.l2sp.l2sp``).
-        With an ``on_epoch_start``, every parameter is trainable while the default
-        optimizer is built, so blocks unfrozen later are in it (build your own
-        optimizer the same way).
-    early_stopping : EarlyStopping, optional
-        Stops the run once the monitored value has not improved for ``patience``
-        epochs: ``EarlyStopping(patience, min_delta, mode)`` monitors val_loss with
-        ``mode="min"``, val_accuracy with ``"max"``, and keeps its state (one per run).
-        Without it every epoch runs and the best epoch is chosen on val_accuracy, the
-        metric we report: while fine-tuning, validation loss often rises (the model
-        grows more confident on the examples it gets wrong) while accuracy still
-        improves, so choosing on loss would stop at epoch 1.
+        What else happens during training, any of:
+
+        * objects with an ``on_epoch_start(model, epoch)`` method, called before each
+          epoch (``ftlib.freezing.GradualUnfreezing``). With one, every parameter is
+          trainable while the default optimizer is built, so blocks unfrozen later are
+          in it (build your own optimizer the same way);
+        * objects with a ``penalty(model)`` method, a scalar tensor added to the loss at
+          every step (``ftlib.techniques.l2sp.l2sp``);
+        * at most one early stopper, an object with a ``step(value) -> bool`` method
+          (True: stop) and a ``mode``: ``EarlyStopping(patience, min_delta, mode)`` stops
+          the run once the monitored value has not improved for ``patience`` epochs; it
+          monitors val_loss with ``mode="min"``, val_accuracy with ``"max"``, and keeps
+          its state (one per run).
+
+        Without an early stopper every epoch runs and the best epoch is chosen on
+        val_accuracy, the metric we report: while fine-tuning, validation loss often
+        rises (the model grows more confident on the examples it gets wrong) while
+        accuracy still improves, so choosing on loss would stop at epoch 1.
     seed : int or None
         Seeds Python, NumPy, PyTorch and the training loader's shuffling: the same seed
         gives the same history. None seeds nothing.
@@ -374,10 +377,10 @@ def fit(
     arguments.integer(epochs, "epochs")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a number > 0; got {lr!r}.")
-    hooks, penalty = _callbacks(callbacks)
+    hooks, penalty, early_stopping = _callbacks(callbacks)
     runtime = _runtime(runtime)
     if early_stopping is not None and getattr(early_stopping, "best_", None) is not None:
-        raise ValueError("early_stopping has been used already (it keeps its state): give each fit a new one.")
+        raise ValueError("The early stopper has been used already (it keeps its state): give each fit a new one.")
     if val_loader is None:
         early_stopping = None  # nothing to monitor without validation data
     # Gradual unfreezing changes requires_grad between epochs: DDP must know every
@@ -419,16 +422,25 @@ def fit(
     return history
 
 
-def _callbacks(callbacks) -> tuple[list, Callable | None]:
-    """The callbacks' ``on_epoch_start`` methods, and their penalties summed into one."""
+def _callbacks(callbacks) -> tuple[list, Callable | None, object | None]:
+    """The callbacks' ``on_epoch_start`` methods, their penalties summed into one, and the early stopper."""
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of callbacks; got {callbacks!r}.")
     callbacks = list(callbacks)
     for callback in callbacks:
-        if not (hasattr(callback, "on_epoch_start") or hasattr(callback, "penalty")):
-            raise TypeError(f"a callback needs an on_epoch_start(model, epoch) or a penalty(model) method; "
-                            f"got {callback!r}.")
+        if isinstance(callback, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+            raise TypeError("a learning-rate scheduler is not a callback: pass it as schedule=lambda optimizer, "
+                            "total_steps: <scheduler> (fit steps it after every optimizer step).")
+        if not any(hasattr(callback, method) for method in ("on_epoch_start", "penalty", "step")):
+            raise TypeError(f"a callback needs an on_epoch_start(model, epoch) or a penalty(model) method, or is "
+                            f"an early stopper with step(value) (EarlyStopping); got {callback!r}.")
+    stoppers = [c for c in callbacks if hasattr(c, "step")]
+    if len(stoppers) > 1:
+        raise ValueError(f"callbacks hold {len(stoppers)} early stoppers; give fit one.")
     hooks = [c.on_epoch_start for c in callbacks if hasattr(c, "on_epoch_start")]
     penalties = [c.penalty for c in callbacks if hasattr(c, "penalty")]
-    return hooks, (lambda model: sum(p(model) for p in penalties)) if penalties else None
+    return hooks, (lambda model: sum(p(model) for p in penalties)) if penalties else None, \
+        (stoppers[0] if stoppers else None)
 
 
 def _runtime(runtime: Runtime | None) -> Runtime:

@@ -140,7 +140,7 @@ def test_dropout_is_reexported(tiny_cnn):
 def test_early_stopping_is_fits_patience(tiny_cnn):
     # No epoch can beat the first by min_delta=10, so patience 1 stops after the second.
     history = fit(tiny_cnn, make_image_loader(), make_image_loader(seed=1), epochs=10, lr=1e-3,
-                  early_stopping=EarlyStopping(patience=1, min_delta=10.0), progress=False)
+                  callbacks=[EarlyStopping(patience=1, min_delta=10.0)], progress=False)
     assert history.stopped_early and len(history) == 2
 
 

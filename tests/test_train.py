@@ -55,7 +55,7 @@ def test_early_stopping_restores_best_weights(tiny_cnn):
     train, val = make_image_loader(n=96), make_image_loader(n=48, seed=1)
     # A huge learning rate diverges after a good first epoch or two.
     history = fit(tiny_cnn, train, val, epochs=8, lr=0.5, schedule="constant", clip_grad_norm=None,
-                  early_stopping=EarlyStopping(patience=2, mode="max"), progress=False)
+                  callbacks=[EarlyStopping(patience=2, mode="max")], progress=False)
     best = history.best_epoch
     assert history.stopped_early or len(history) == 8
     final = evaluate(tiny_cnn, val)
@@ -64,7 +64,7 @@ def test_early_stopping_restores_best_weights(tiny_cnn):
 
 def test_early_stopping_mode_chooses_what_is_monitored(tiny_cnn):
     train, val = make_image_loader(n=96), make_image_loader(n=48, seed=1)
-    history = fit(tiny_cnn, train, val, epochs=3, lr=3e-3, early_stopping=EarlyStopping(patience=5, mode="min"),
+    history = fit(tiny_cnn, train, val, epochs=3, lr=3e-3, callbacks=[EarlyStopping(patience=5, mode="min")],
                   progress=False)
     losses = history["val_loss"]
     assert history.best_epoch == losses.index(min(losses))
@@ -150,8 +150,16 @@ def test_bad_inputs_get_clear_errors(tiny_cnn, image_loader):
         fit(tiny_cnn, image_loader, runtime="cpu", progress=False)
     used = EarlyStopping()
     used.step(1.0)
-    with pytest.raises(ValueError, match="early_stopping has been used already"):
-        fit(tiny_cnn, image_loader, image_loader, early_stopping=used, progress=False)
+    with pytest.raises(ValueError, match="early stopper has been used already"):
+        fit(tiny_cnn, image_loader, image_loader, callbacks=[used], progress=False)
+    with pytest.raises(ValueError, match="callbacks hold 2 early stoppers"):
+        fit(tiny_cnn, image_loader, image_loader, callbacks=[EarlyStopping(), EarlyStopping()], progress=False)
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="a learning-rate scheduler is not a callback"):
+        fit(tiny_cnn, image_loader, image_loader, callbacks=[torch.optim.lr_scheduler.StepLR(optimizer, 1)],
+            progress=False)
+    with pytest.raises(TypeError, match="callbacks must be a list"):
+        fit(tiny_cnn, image_loader, callbacks=EarlyStopping, progress=False)
     with pytest.raises(TypeError, match="dicts with a 'labels' entry"):
         logits_and_labels(tiny_cnn, (torch.randn(1, 3, 8, 8), torch.tensor([0])))
 

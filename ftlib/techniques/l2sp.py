@@ -12,7 +12,7 @@ over the backbone. The new head has no pretrained value and is left out.
 
 The other regularizers are arguments of :func:`ftlib.train.fit` (``loss_fn=``, with
 ``nn.CrossEntropyLoss(label_smoothing=)``, written out in
-``ftlib.techniques.label_smoothing``; ``early_stopping=``) and of ``ftlib.heads``
+``ftlib.techniques.label_smoothing``; ``callbacks=[EarlyStopping(...)]``) and of ``ftlib.heads``
 (``replace_head(..., dropout=)``, ``set_dropout``).
 """
 from __future__ import annotations
