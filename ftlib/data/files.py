@@ -12,8 +12,11 @@ that the registered data sets give, so splitting, batching and training are the 
   colour kept), files that are not images skipped and counted.
 
 ``inspect_data(path)`` says what would be used (columns, classes and counts, duplicates,
-split sizes) and warns about what will go wrong. Bad input raises :class:`DataError`,
-one line that says what was wrong and how to fix it; the user's files are only read.
+split sizes) and warns about what will go wrong; on instruction data for a generative
+model (``ftlib/data/chats.py``) it describes the conversations, on preference pairs
+(``ftlib/data/pairs.py``) the pairs. Bad input raises
+:class:`DataError`, one line that says what was wrong and how to fix it; the user's files
+are only read.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlib.data.registry import TaskData
+from ftlib.data.chats import inspect_chats, looks_like_chats
+from ftlib.data.pairs import inspect_pairs, looks_like_pairs
+from ftlib.data.registry import DataError, TaskData
 from ftlib.data.splits import Splits, balanced_subset, deduplicate, drop_overlap, split_dataset
 
 __all__ = ["DataError", "load_data", "load_table", "read_texts", "load_image_folder", "inspect_data",
@@ -35,10 +40,6 @@ LABEL_COLUMNS = ("label", "labels", "category", "class", "target", "sentiment", 
 GROUP_COLUMNS = ("group", "groups", "group_id")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": None, ".ndjson": None}
-
-
-class DataError(ValueError):
-    """The user's data cannot be used as given; the message says why and what to do."""
 
 
 def _rows(path: Path) -> tuple[list[str], list[dict]]:
@@ -217,8 +218,16 @@ def inspect_data(path, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
 
     Returns ``task``, ``classes`` (name -> count), ``examples``, ``duplicates``,
     ``splits`` (approximate train / validation / test sizes), ``columns`` (for tables),
-    ``skipped`` (for image folders) and ``warnings``.
+    ``skipped`` (for image folders) and ``warnings``. Instruction data for a generative
+    model (a file whose columns are a chat format, and no text or label column named) gets
+    :func:`ftlib.data.chats.inspect_chats`'s report instead, ``task`` "text generation"; preference
+    pairs (a ``chosen`` or ``rejected`` column) :func:`ftlib.data.pairs.inspect_pairs`'s, ``type`` "preference".
     """
+    if not (options.get("text_column") or options.get("label_column")):
+        if looks_like_pairs(path):
+            return inspect_pairs(path)
+        if looks_like_chats(path):
+            return inspect_chats(path)
     data = load_data(path, **options)
     unique = deduplicate(data)
     counts = np.bincount(unique.labels, minlength=len(unique.class_names))

