@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ftlib import arguments
 
-__all__ = ["FinetuneConfig", "JOBS", "DATA_BUDGETS", "DEFAULT_SIZES", "COMPARE", "COMPARE_QUICK", "job_defaults"]
+__all__ = ["FinetuneConfig", "JOBS", "DATA_BUDGETS", "PREFERENCE", "PREFERENCE_TECHNIQUES", "GENERATIVE_TECHNIQUES", "DEFAULT_SIZES", "INSTRUCTIONS", "GENERATION_BATCH_SIZE", "COMPARE",
+           "COMPARE_QUICK", "job_defaults"]
 
 JOBS = {
     "text": {"model": "minilm-l6", "dataset": "rotten-tomatoes", "technique": "full", "epochs": 3, "lr": 1e-4,
@@ -36,6 +37,17 @@ JOBS = {
 }
 # Generative full fine-tuning moves every weight: a tenth of LoRA's rate.
 GENERATIVE_FULL_LR = 2e-5
+# A generative model's techniques: supervised (lora, full), or preference tuning of a LoRA
+# adapter (ftlib.pipeline_preference) on pairs.
+PREFERENCE_TECHNIQUES = ("dpo", "simpo")
+GENERATIVE_TECHNIQUES = ("lora", "full", *PREFERENCE_TECHNIQUES)
+# Preference tuning: --data with pairs implies dpo; a batch is one pair (two answers, twice an
+# SFT example's tokens) by default.
+PREFERENCE = {"technique": "dpo", "batch_size": 1}
+PREFERENCE_JOB = {"batch_size": PREFERENCE["batch_size"]}
+# Registered chat data sets whose preference pairs are built by self-play (chosen: the real answer;
+# rejected: the starting model's own), as they are for your own instruction data.
+SELF_PLAY_DATASETS = ("bbc-headlines",)
 
 # Train / validation / test sizes split off a registered data set, unless its budget says otherwise.
 DEFAULT_SIZES = (2000, 500, 2000)
@@ -46,7 +58,33 @@ DATA_BUDGETS = {
     "rotten-tomatoes": {"sizes": (8900, 500, 2000), "epochs": 1, "batch_size": 16},
     "bbc-news": {"sizes": (1000, 200, 400)},
     "fashion-mnist": {"sizes": DEFAULT_SIZES},
+    # 2,109 distinct articles. The generative job writes a headline for every test article twice
+    # (zero-shot and fine-tuned), and its training examples are twice the length of a review's:
+    # its own sizes keep a run within minutes on 2 cores, its length fits every article's 60 words.
+    "bbc-headlines": {"sizes": (1000, 200, 400),
+                      "text generation": {"train_size": 320, "val_size": 50, "test_size": 200, "max_length": 160},
+                      # Preference tuning computes two answers per pair: half the examples. The test
+                      # articles are the SFT job's (a split's test part depends on its size and seed only).
+                      "preference": {"train_size": 160}},
 }
+# The generative job on a classification data set (ftlib.pipeline_llm): per data set, the
+# instruction (the text goes after it) and the answer for each class, in the order of the
+# data set's class names. BBC articles are cut to their first words: the topic shows early,
+# and a 2-core CPU cannot afford 500-token sequences.
+INSTRUCTIONS = {
+    "rotten-tomatoes": {"template": "Is this movie review positive or negative? Answer with one word.\n\n"
+                                    "Review: {text}",
+                        "answers": ["negative", "positive"], "max_words": 120},
+    "bbc-news": {"template": "Which topic is this BBC News article about: business, entertainment, politics, "
+                             "sport or tech? Answer with one word.\n\nArticle: {text}",
+                 "answers": ["business", "entertainment", "politics", "sport", "tech"], "max_words": 60},
+}
+
+# Text answers are written (greedy) in batches of this many prompts: a decoding step reads every
+# weight once whatever the batch, so wider batches write faster, but hold more memory (SmolLM2,
+# 96 BBC prompts, 24 new tokens: batch 8, 16, 32 peaked at 1,029, 1,111 and 1,303 MB and took
+# 37, 28 and 22 s on the 2-core Xeon of bench/RESULTS.md).
+GENERATION_BATCH_SIZE = 16
 
 # ftlib compare: sized for about 15 minutes on an idle 2-core CPU (more when the machine is shared).
 COMPARE = {
@@ -64,13 +102,18 @@ COMPARE_QUICK = {
 }
 
 
-def job_defaults(task: str, dataset: str | None = None) -> dict:
+def job_defaults(task: str, dataset: str | None = None, technique: str | None = None) -> dict:
     """The defaults of ``task``'s job on ``dataset`` (the job's own data set by default):
-    :data:`JOBS`, then the data set's budget (sizes, epochs, batch size)."""
+    :data:`JOBS`, then the data set's budget (sizes, epochs, batch size); for preference
+    tuning (``technique`` dpo or simpo), :data:`PREFERENCE_JOB` and the budget's ``"preference"``."""
     job = dict(JOBS[task])
     budget = DATA_BUDGETS.get(dataset or job["dataset"], {})
     sizes = budget.get("sizes", DEFAULT_SIZES)
-    if task == "text generation":  # the job's own sizes; a smaller test split caps the test size
+    if task == "text generation":  # the job's own sizes, or the data set's for this job; a smaller test split caps
+        job.update(budget.get("text generation", {}))
+        if technique in PREFERENCE_TECHNIQUES:
+            job.update(PREFERENCE_JOB)
+            job.update(budget.get("preference", {}))
         job["test_size"] = min(job["test_size"], sizes[2])
         return job
     job.update(zip(("train_size", "val_size", "test_size"), sizes))
@@ -110,6 +153,9 @@ class FinetuneConfig:
     label_column: str | None = None
     group_column: str | None = None
     merge: bool = False  # LoRA: also save the adapter merged into the model
+    # Preference tuning (technique dpo or simpo): start from this generative LoRA run, its adapter
+    # folded into the weights (the reference), instead of the registered model.
+    from_run: str | None = None
     # With the seed, deterministic GPU kernels (identical re-runs, slower); no effect on a CPU.
     deterministic: bool = True
 
@@ -120,14 +166,21 @@ class FinetuneConfig:
 
         arguments.one_of(self.task, "task", sorted(JOBS))
         values = asdict(self)
-        if self.data is not None:  # the task follows from the data: a folder of images or a table of texts
+        if self.data is not None:  # the task follows from the data: images, a table of texts, or instructions
             values["task"] = _data_task(self.data)
             values["dataset"] = values["dataset"] or Path(self.data).stem or "data"
+            if _is_pairs(self.data):  # preference pairs: preference tuning
+                values["technique"] = values["technique"] or PREFERENCE["technique"]
         elif self.model is not None and self.task == "text":  # a generative model implies its task
             task = get_model_spec(self.model, allow_download=self.allow_download).task
             values["task"] = "text generation" if task == "text generation" else self.task
         # The task's job; on a registered data set, its budget too (sizes, epochs, batch size).
-        job = JOBS[values["task"]] if self.data is not None else job_defaults(values["task"], values["dataset"])
+        # Your own data is split whole unless sizes are given.
+        if self.data is not None:
+            job = {k: v for k, v in JOBS[values["task"]].items() if k not in ("train_size", "val_size", "test_size")}
+            job.update(PREFERENCE_JOB if values["technique"] in PREFERENCE_TECHNIQUES else {})
+        else:
+            job = job_defaults(values["task"], values["dataset"], values["technique"])
         for key, default in job.items():
             if values[key] is None:
                 values[key] = default
@@ -135,10 +188,18 @@ class FinetuneConfig:
         spec = get_model_spec(cfg.model, allow_download=cfg.allow_download,
                               task="text generation" if cfg.task == "text generation" else "text")
         if cfg.data is not None:
+            if spec.task == "text generation" and cfg.task == "text":
+                raise ValueError(f"Model {cfg.model!r} is a generative model: it needs instruction data (a JSON Lines "
+                                 f"or CSV file with prompt and completion, messages, or instruction and output "
+                                 f"columns), but --data {cfg.data} is a table of texts and labels; pick a text model "
+                                 "(see `ftlib models`) or give instruction data.")
             if spec.task != cfg.task:
-                what = "a folder of images" if cfg.task == "image" else "a table of texts"
+                what = {"image": "a folder of images", "text": "a table of texts",
+                        "text generation": "instruction data (prompts and answers)"}[cfg.task]
                 raise ValueError(f"Model {cfg.model!r} is a {spec.task} model but --data {cfg.data} is {what}; "
                                  f"pick a {cfg.task} model (see `ftlib models`).")
+            if cfg.task == "text generation":
+                return _resolve_generation(cfg, spec, None)
             return _check_numbers(cfg, optional_sizes=True)
         if cfg.dataset not in DATASETS:
             raise ValueError(f"Unknown dataset {cfg.dataset!r}. Known datasets: {', '.join(DATASETS)}.")
@@ -152,11 +213,23 @@ class FinetuneConfig:
 
 
 def _data_task(path: str) -> str:
-    """"image" for a folder (one sub-folder per class), "text" for a file."""
+    """"image" for a folder (one sub-folder per class), "text generation" for instruction data
+    or preference pairs (``ftlib.data.chats``, ``ftlib.data.pairs``), "text" for another file
+    (a table of texts and labels)."""
+    from ftlib.data.chats import looks_like_chats
+
     p = Path(path)
     if not p.exists():
         raise arguments.ArgumentError("data", "must be an existing file or folder", path)
-    return "image" if p.is_dir() else "text"
+    if p.is_dir():
+        return "image"
+    return "text generation" if looks_like_chats(p) or _is_pairs(p) else "text"
+
+
+def _is_pairs(path) -> bool:
+    from ftlib.data.pairs import looks_like_pairs
+
+    return Path(path).is_file() and looks_like_pairs(path)
 
 
 def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConfig:
@@ -178,20 +251,39 @@ def _check_numbers(cfg: FinetuneConfig, *, optional_sizes: bool) -> FinetuneConf
 
 
 def _resolve_generation(cfg: FinetuneConfig, spec, data_spec) -> FinetuneConfig:
-    from ftlib.pipeline_llm import INSTRUCTIONS
-
+    """A generative run: on your own instruction data (``data_spec`` None), a registered chat
+    data set, or a classification data set framed as instructions (:data:`INSTRUCTIONS`)."""
     if spec.task != "text generation":
         raise ValueError(f"Model {cfg.model!r} is a {spec.task} model; the text generation task needs a generative "
                          "one (see `ftlib models`).")
-    if cfg.dataset not in INSTRUCTIONS:
+    if data_spec is not None and data_spec.task != "text generation" and cfg.dataset not in INSTRUCTIONS:
+        from ftlib.data import DATASETS
+
+        chats = [name for name, s in DATASETS.items() if s.task == "text generation"]
         raise ValueError(f"Dataset {cfg.dataset!r} has no instruction framing; generative models are fine-tuned on "
-                         f"{', '.join(INSTRUCTIONS)}.")
-    if cfg.technique not in ("lora", "full"):
-        raise arguments.ArgumentError("technique", "must be 'lora' or 'full' for a generative model", cfg.technique)
+                         f"{', '.join([*chats, *INSTRUCTIONS])} or your own instruction data (--data).")
+    arguments.one_of(cfg.technique, "technique", GENERATIVE_TECHNIQUES)
+    pairs = cfg.data is not None and _is_pairs(cfg.data)
+    if cfg.technique in PREFERENCE_TECHNIQUES:
+        if cfg.data is None and cfg.dataset not in SELF_PLAY_DATASETS:
+            raise arguments.ArgumentError(
+                "technique", f"needs preference pairs: --data with prompt, chosen and rejected columns, --data with "
+                f"instruction data or --dataset {' or '.join(SELF_PLAY_DATASETS)} (pairs of the real answers and the "
+                f"model's own)", cfg.technique)
+    elif pairs:
+        raise arguments.ArgumentError("technique", f"must be one of {', '.join(PREFERENCE_TECHNIQUES)}: --data "
+                                      f"{cfg.data} holds preference pairs", cfg.technique)
+    elif cfg.from_run is not None:
+        raise arguments.ArgumentError("from_run", f"applies to preference tuning ({', '.join(PREFERENCE_TECHNIQUES)}); "
+                                      f"the technique is {cfg.technique}", cfg.from_run)
+    if cfg.from_run is not None and not (Path(cfg.from_run) / "adapter" / "adapter_config.json").is_file():
+        raise arguments.ArgumentError("from_run", "must be the folder of a generative LoRA run (it holds "
+                                      "adapter/adapter_config.json)", cfg.from_run)
     arguments.one_of(cfg.precision, "precision", ("auto", "bf16", "fp32"))
     if cfg.technique == "full" and cfg.lr == JOBS["text generation"]["lr"]:
         cfg.lr = GENERATIVE_FULL_LR
     for key in ("train_size", "val_size", "test_size", "epochs", "batch_size", "max_length"):
-        arguments.integer(getattr(cfg, key), key)
+        if getattr(cfg, key) is not None or data_spec is not None:  # your own data: None sizes split it whole
+            arguments.integer(getattr(cfg, key), key)
     arguments.number(cfg.lr, "lr")
     return cfg

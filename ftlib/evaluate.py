@@ -84,13 +84,13 @@ def per_class_report(y_true, y_pred, class_names: Sequence[str]) -> list[dict]:
             for name, p, r, f, s in zip(class_names, precision, recall, f1, matrix.sum(axis=1))]
 
 
-def bootstrap_interval(correct: Sequence[bool], num_resamples: int = 1000, seed: int = 0,
+def bootstrap_interval(correct: Sequence[bool] | Sequence[float], num_resamples: int = 1000, seed: int = 0,
                        confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the accuracy.
+    """Percentile bootstrap confidence interval of the accuracy (or of any mean over examples).
 
-    ``correct`` holds one boolean per test example. Resample it with replacement
-    ``num_resamples`` times and return the ``(1-confidence)/2`` and
-    ``(1+confidence)/2`` quantiles of the resampled accuracies.
+    ``correct`` holds one boolean per test example (or one score, such as each generated
+    text's ROUGE-L). Resample it with replacement ``num_resamples`` times and return the
+    ``(1-confidence)/2`` and ``(1+confidence)/2`` quantiles of the resampled means.
     """
     correct = np.asarray(correct, dtype=float)
     if correct.ndim != 1 or len(correct) == 0:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ftlib.config import FinetuneConfig
+from ftlib.config import PREFERENCE_TECHNIQUES, FinetuneConfig
 from ftlib.runner import Run, build_loaders, run_metrics
 
 __all__ = ["FinetuneConfig", "finetune", "build_loaders"]
@@ -34,6 +34,10 @@ def finetune(config: FinetuneConfig | None = None, *, log: Callable[[str], None]
     from ftlib.train import set_seed
 
     cfg = (config or FinetuneConfig(**options)).resolved()
+    if cfg.task == "text generation" and cfg.technique in PREFERENCE_TECHNIQUES:
+        from ftlib.pipeline_preference import finetune_preferences
+
+        return finetune_preferences(cfg, log=log)
     if cfg.task == "text generation":
         from ftlib.pipeline_llm import finetune_llm
 

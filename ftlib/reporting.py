@@ -42,7 +42,8 @@ def device_report() -> dict:
 
 
 def save_run_plots(history, metrics_test: dict, class_names, out: Path) -> None:
-    """Write ``learning_curves.png`` (when there is a history) and ``confusion_matrix.png`` into ``out``."""
+    """Write ``learning_curves.png`` (when there is a history) and, for a classifier's test figures,
+    ``confusion_matrix.png`` into ``out``."""
     import matplotlib
 
     if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
@@ -54,5 +55,6 @@ def save_run_plots(history, metrics_test: dict, class_names, out: Path) -> None:
     if len(history):
         ax = plot_history(history, path=out / "learning_curves.png")
         plt.close(ax[0].figure)
-    ax = plot_confusion_matrix(metrics_test["confusion_matrix"], class_names, path=out / "confusion_matrix.png")
-    plt.close(ax.figure)
+    if "confusion_matrix" in metrics_test:  # a job whose answers are text has none
+        ax = plot_confusion_matrix(metrics_test["confusion_matrix"], class_names, path=out / "confusion_matrix.png")
+        plt.close(ax.figure)

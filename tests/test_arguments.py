@@ -39,7 +39,7 @@ def test_number_inclusive_and_one_of():
     ({"task": "image", "model": "tiny-cnn", "image_size": 50},
      r"^image_size must be a multiple of 32 \(64, 96, 224\.\.\.\); got 50\.$"),
     ({"model": "tiny-llama", "technique": "gradual"},
-     r"^technique must be 'lora' or 'full' for a generative model; got 'gradual'\.$"),
+     r"^technique must be one of \['lora', 'full', 'dpo', 'simpo'\]; got 'gradual'\.$"),
     ({"data": "no-such-file.csv"}, r"^data must be an existing file or folder; got 'no-such-file.csv'\.$"),
 ])
 def test_finetune_errors_name_the_python_argument_not_a_flag(options, message):

@@ -16,7 +16,7 @@ from test_imports import import_graph
 
 ROOT = Path(__file__).parent.parent
 MACHINERY = {"ftlib.cli", "ftlib.__main__", "ftlib.config", "ftlib.runner", "ftlib.pipeline", "ftlib.pipeline_llm",
-             "ftlib.compare", "ftlib.reporting"}
+             "ftlib.pipeline_preference", "ftlib.compare", "ftlib.reporting"}
 # The forkserver's preload: its one job is to import, before forking, what learner kernels need.
 GRADER_PRELOAD = "ftgrade._preload"
 
@@ -96,9 +96,11 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_the_generative_modules_sit_together_on_top_of_the_steps():
-    """``ftlib.generative`` uses the steps (``fit``, the devices); the steps and techniques never use it."""
+    """``ftlib.generative`` uses the steps (``fit``, the devices); the steps and techniques never use it,
+    only the generative jobs, the command's ``generate`` and ``chat``, and the course's checks do."""
     graph = import_graph()
     generative = {m for m in graph if m == "ftlib.generative" or m.startswith("ftlib.generative.")}
     assert {"ftlib.generative.sft", "ftlib.generative.forgetting"} <= generative, sorted(generative)
     users = sorted(m for m, t in graph.items() if t & generative and m not in generative)
-    assert users == ["ftlib.checks.llm_finetuning", "ftlib.pipeline_llm"], users
+    assert users == ["ftlib.checks.generative_tasks", "ftlib.checks.llm_finetuning", "ftlib.cli", "ftlib.pipeline_llm",
+                     "ftlib.pipeline_preference"], users

@@ -54,6 +54,7 @@ __all__ = [
     "add_lora",
     "merge_lora",
     "save_adapter",
+    "save_for_pipeline",
     "load_adapter",
     "score_choices",
     "classify",
@@ -90,9 +91,14 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The tokens of the rendered prompt, up to and including the assistant header."""
-    text = tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+def prompt_ids(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
+    """The tokens of the rendered prompt, up to and including the assistant header.
+
+    ``prompt`` is the user's text (with the short system turn, see :func:`chat_messages`) or
+    the conversation so far, a list of ``{"role", "content"}`` messages rendered as given.
+    """
+    messages = chat_messages(prompt) if isinstance(prompt, str) else list(prompt)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has them already
 
 
@@ -338,6 +344,27 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model.merge_and_unload()
 
 
+def save_for_pipeline(model: nn.Module, tokenizer, path) -> None:
+    """Save a plain (merged) model with its tokenizer: a folder ``transformers.pipeline`` uses alone.
+
+    ``pipeline("text-generation", model=path)`` then loads it offline with no ftlib code,
+    applies the chat template to a list of messages and stops at the end of the turn:
+    the generation config names the end-of-turn token (:func:`end_of_turn_id`) and the
+    padding token, and asks for greedy decoding, as ftlib's own generation does.
+    """
+    if hasattr(model, "peft_config"):
+        raise TypeError("save_for_pipeline needs a plain model: fold the adapter in first (merge_lora), or save "
+                        "the adapter alone with save_adapter.")
+    stop = end_of_turn_id(tokenizer)
+    config = model.generation_config
+    config.eos_token_id, config.pad_token_id, config.do_sample = stop, tokenizer.pad_token_id, False
+    for option in ("temperature", "top_p", "top_k"):  # sampling settings that greedy decoding would warn about
+        if hasattr(config, option):
+            setattr(config, option, None)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+
+
 def save_adapter(model: nn.Module, path) -> None:
     """Save the adapter only: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
@@ -464,21 +491,28 @@ def choice_scores(model: nn.Module, tokenizer, prompts: Sequence[str], choices: 
     return scores.view(len(prompts), len(choices))
 
 
-def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, *,
-             batch_size: int = 8) -> list[str]:
-    """Greedy replies to several prompts, left-padded in batches; each stops at end of turn."""
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str] | Sequence[Sequence[dict]],
+             max_new_tokens: int = 16, *, batch_size: int = 8) -> list[str]:
+    """Greedy replies to several prompts, left-padded in batches; each stops at end of turn.
+
+    A prompt is the user's text or a conversation so far (see :func:`prompt_ids`). Batches
+    hold prompts of similar lengths (less padding to compute); replies come back in the
+    prompts' order.
+    """
     stop = end_of_turn_id(tokenizer)
     device = _device_of(model)
-    replies = []
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    replies: list[str] = [""] * len(ids)
     with _eval_mode(model):
-        for start in range(0, len(prompts), batch_size):
-            batch = collate_for_generation([prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]],
-                                           tokenizer.pad_token_id)
-            batch = devices.to_device(batch, device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = devices.to_device(collate_for_generation([ids[i] for i in rows], tokenizer.pad_token_id), device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                                  pad_token_id=tokenizer.pad_token_id)
             new = out[:, batch["input_ids"].shape[1]:]  # (B, new tokens): the replies only
-            replies += [tokenizer.decode(_until(row.tolist(), stop), skip_special_tokens=True) for row in new]
+            for i, row in zip(rows, new):
+                replies[i] = tokenizer.decode(_until(row.tolist(), stop), skip_special_tokens=True)
     return replies
 
 
