@@ -1,10 +1,10 @@
 """Write the headline figures into README.md and bench/RESULTS.md from bench/records/.
 
-`bench/headline.py` measures the three jobs a newcomer runs and keeps each measurement as
-a JSON record in ``bench/records/``. This script writes, between marker comments, the
-README's results table (the newest record) and the "Headline figures" section at the head
-of bench/RESULTS.md (every record, newest first), so that no headline figure is typed by
-hand. Run it after a new record:
+`bench/headline.py` measures the jobs a newcomer runs and keeps each measurement as a JSON
+record in ``bench/records/``. This script writes, between marker comments, the README's
+results table (each job from the newest record that has it) and the "Headline figures"
+section at the head of bench/RESULTS.md (every record, newest first), so that no headline
+figure is typed by hand. Run it after a new record:
 
     .venv/bin/python scripts/write_results.py           # rewrite both files
     .venv/bin/python scripts/write_results.py --check   # exit 1 if either is out of date
@@ -27,6 +27,7 @@ LABELS = {
     "main": "MiniLM-L6 on Rotten Tomatoes",
     "image": "EfficientNet-Lite0 on Fashion-MNIST",
     "generative": "SmolLM2-135M + LoRA on Rotten Tomatoes",
+    "headlines": "SmolLM2-135M + LoRA writing BBC headlines",
 }
 ANCHOR = "bench/RESULTS.md#headline-figures"
 
@@ -48,25 +49,56 @@ def machine_text(m: dict) -> str:
     return f"{m['cpu']} ({'; '.join(x for x in (detail, flags) if x)}), {m['cores']} cores"
 
 
+def _mean(job: dict, key: str, digits: int = 4) -> str:
+    """``job[key]``, with ``± std`` when the job ran over several seeds."""
+    text = f"{job[key]:.{digits}f}"
+    return text + f" ± {job[key + '_std']:.{digits}f}" if f"{key}_std" in job else text
+
+
 def _accuracy(job: dict) -> str:
+    """The test score: accuracy (classes) or ROUGE-L (text), and zero-shot's where there was one."""
+    if "test_rougeL" in job:
+        return f"ROUGE-L {_mean(job, 'test_rougeL')} (zero-shot {_mean(job, 'zero_shot_rougeL')})"
     text = f"{job['test_accuracy']:.4f}"
     if "zero_shot_accuracy" in job:
         text += f" (zero-shot {job['zero_shot_accuracy']:.4f})"
     return text
 
 
-def readme_table(record: dict) -> str:
-    """The README's table: one row per job of the newest record."""
-    rows = ["| job | test accuracy | training / whole run | peak memory |", "|---|---|---|---|"]
-    for name, job in record["jobs"].items():
-        rows.append(f"| [{LABELS.get(name, name)}]({ANCHOR}) (`{job['command']}`) | {_accuracy(job)} | "
+def _seeds(job: dict) -> str:
+    return f", seeds {', '.join(map(str, job['seeds']))}" if "seeds" in job else ""
+
+
+def newest_jobs(records: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """Each job's newest measurement, as ``name -> (job, its record)``, in `LABELS`' order."""
+    newest: dict[str, tuple[dict, dict]] = {}
+    for record in records:  # newest first
+        for name, job in record["jobs"].items():
+            newest.setdefault(name, (job, record))
+    order = [*LABELS, *sorted(set(newest) - set(LABELS))]
+    return {name: newest[name] for name in order if name in newest}
+
+
+def readme_table(records: list[dict]) -> str:
+    """The README's table: one row per job, each from the newest record that has it."""
+    rows = ["| job | test score | training / whole run | peak memory |", "|---|---|---|---|"]
+    jobs = newest_jobs(records)
+    for name, (job, _) in jobs.items():
+        rows.append(f"| [{LABELS.get(name, name)}]({ANCHOR}) (`{job['command']}`{_seeds(job)}) | {_accuracy(job)} | "
                     f"{job['training_seconds']:.0f} s / {job['wall_seconds']:.0f} s | "
                     f"{job['peak_memory_mb']:,.0f} MB |")
-    precisions = sorted({job["precision"] for job in record["jobs"].values() if job.get("precision")})
     rows.append("")
-    rows.append(f"Measured on {record['date']} on {machine_text(record['machine'])}, "
-                f"at {' and '.join(precisions) or 'the default precision'} (`bench/headline.py`, "
-                f"record `{record['file']}`).")
+    used = {record["file"]: record for _, record in jobs.values()}
+    for record in used.values():
+        names = [name for name, (_, r) in jobs.items() if r is record]
+        precisions = sorted({record["jobs"][n]["precision"] for n in names if record["jobs"][n].get("precision")})
+        which = "" if len(used) == 1 else f"{', '.join(LABELS.get(n, n) for n in names)}: "
+        rows.append(f"{which}Measured on {record['date']} on {machine_text(record['machine'])}, "
+                    f"at {' and '.join(precisions) or 'the default precision'} (`bench/headline.py`, "
+                    f"record `{record['file']}`).")
+    if any("test_rougeL" in job for job, _ in jobs.values()):
+        rows.append("ROUGE-L: the F1 of the longest common word subsequence with the real headline "
+                    "(`ftlib.generative.metrics`); ± is the standard deviation over the seeds.")
     return "\n".join(rows)
 
 
@@ -86,12 +118,35 @@ def results_section(records: list[dict]) -> str:
                 "| training | whole run | peak memory |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for name, job in r["jobs"].items():
-            out.append(f"| {LABELS.get(name, name)} | `{job['command']}` | {job['train_size']:,} / {job['test_size']:,} "
-                       f"| {job['epochs']} | {job.get('precision') or '?'} | {_accuracy(job)} "
-                       f"| {job['test_macro_f1']:.4f} | {job['training_seconds']:.0f} s | {job['wall_seconds']:.0f} s "
+            f1 = f"{job['test_macro_f1']:.4f}" if "test_macro_f1" in job else "-"
+            out.append(f"| {LABELS.get(name, name)} | `{job['command']}`{_seeds(job)} | {job['train_size']:,} / "
+                       f"{job['test_size']:,} | {job['epochs']} | {job.get('precision') or '?'} | {_accuracy(job)} "
+                       f"| {f1} | {job['training_seconds']:.0f} s | {job['wall_seconds']:.0f} s "
                        f"| {job['peak_memory_mb']:,.0f} MB |")
         out.append("")
+        for name, job in r["jobs"].items():
+            if "runs" in job and "test_rougeL" in job:
+                out += text_runs(LABELS.get(name, name), job)
     return "\n".join(out).rstrip()
+
+
+def text_runs(label: str, job: dict) -> list[str]:
+    """Each seed of a job whose answers are text: ROUGE before and after, intervals, lengths."""
+    out = [f"{label}, each seed (95% bootstrap intervals over the test examples; the gain's is paired):", "",
+           "| seed | ROUGE-L zero-shot | ROUGE-L fine-tuned | gain | ROUGE-1 / ROUGE-2 fine-tuned "
+           "| words written / in the references | training | peak memory |",
+           "|---|---|---|---|---|---|---|---|"]
+    for run in job["runs"]:
+        zl, zh = run["zero_shot_rougeL_95ci"]
+        tl, th = run["test_rougeL_95ci"]
+        gl, gh = run["rougeL_gain_95ci"]
+        out.append(f"| {run['seed']} | {run['zero_shot_rougeL']:.4f} ({zl:.3f}-{zh:.3f}) | {run['test_rougeL']:.4f} "
+                   f"({tl:.3f}-{th:.3f}) | {run['test_rougeL'] - run['zero_shot_rougeL']:+.4f} ({gl:+.3f} to "
+                   f"{gh:+.3f}) | {run['test_rouge1']:.4f} / {run['test_rouge2']:.4f} | "
+                   f"{run['test_predicted_words']:.1f} / {run['test_reference_words']:.1f} (zero-shot "
+                   f"{run['zero_shot_predicted_words']:.1f}) | {run['training_seconds']:.0f} s | "
+                   f"{run['peak_memory_mb']:,.0f} MB |")
+    return [*out, ""]
 
 
 def replace_between(text: str, body: str, where: str) -> str:
@@ -109,7 +164,7 @@ def written() -> dict[Path, str]:
     if not records:
         raise SystemExit("No record in bench/records/: run bench/headline.py first.")
     return {
-        README: replace_between(README.read_text(encoding="utf-8"), readme_table(records[0]), "README.md"),
+        README: replace_between(README.read_text(encoding="utf-8"), readme_table(records), "README.md"),
         RESULTS: replace_between(RESULTS.read_text(encoding="utf-8"), results_section(records), "bench/RESULTS.md"),
     }
 
