@@ -39,6 +39,9 @@ BENCHES = [
     Bench("headline", (PY, "bench/headline.py"), 40,
           "README's table and the head of RESULTS.md: the jobs at their defaults (headlines over 3 seeds), kept in "
           "bench/records/ (then scripts/write_results.py)"),
+    Bench("decoding", (PY, "bench/decoding.py"), 6,
+          "SmolLM2 decoding: new tokens/s per path (adapter, plain, ftlib's merged stream) against the bandwidth floor "
+          "(then scripts/write_results.py)"),
     Bench("llm-generate", (PY, "bench/llm/bench_generate.py"), 2,
           "SmolLM2 greedy generation of BBC headlines: time and peak memory per batch size"),
     Bench("main-job", (PY, "bench/foundation/bench_finetune.py"), 7,

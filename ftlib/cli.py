@@ -140,12 +140,14 @@ def _cmd_datasets(args) -> int:
 # Technique options on the command line: flag -> (technique, option name).
 _TECHNIQUE_FLAGS = {"alpha": ("l2sp", "alpha"), "layer_decay": ("discriminative", "layer_decay"),
                     "lora_rank": ("lora", "r"), "frozen_blocks": ("partial", "frozen_blocks")}
+# A generative model's preference tuning (ftlib.generative.preference holds the default).
+_PREFERENCE_FLAGS = {"beta": ("dpo", "beta")}
 
 
 def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
     """Options given by flags, per technique; a flag for a technique not run is an error."""
     options: dict[str, dict] = {}
-    for flag, (technique, name) in _TECHNIQUE_FLAGS.items():
+    for flag, (technique, name) in {**_TECHNIQUE_FLAGS, **_PREFERENCE_FLAGS}.items():
         value = getattr(args, flag, None)
         if value is None:
             continue
@@ -332,7 +334,7 @@ def _cmd_finetune(args) -> int:
                          allow_download=args.allow_download, progress=not args.quiet,
                          precision=args.precision, data=args.data, val_data=args.val_data, test_data=args.test_data,
                          text_column=args.text_column, label_column=args.label_column,
-                         group_column=args.group_column, merge=args.merge,
+                         group_column=args.group_column, merge=args.merge, from_run=args.from_run,
                          deterministic=args.deterministic).resolved()
     cfg.technique_options = _technique_options(args, [cfg.technique]).get(cfg.technique, {})
     finetune(cfg)
@@ -386,6 +388,9 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frozen-blocks", type=_non_negative_int,
                         help="partial: how many blocks from the bottom stay frozen "
                              f"(default {default['frozen_blocks']}: the embeddings)")
+    parser.add_argument("--beta", type=_positive_float,
+                        help="dpo: how far the policy may move from the reference for a margin (smaller: farther; "
+                             "default: the DPO paper's, ftlib.generative.preference.DPO_BETA)")
 
 
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # ftlib.devices.PRECISIONS
@@ -420,6 +425,7 @@ def _compare_defaults_help(key: str) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from ftlib.config import GENERATIVE_TECHNIQUES
     from ftlib.techniques import TECHNIQUES  # the registry; no torch
 
     parser = _Parser(prog="ftlib", description="Fine-tune pretrained models, offline on a CPU.")
@@ -446,8 +452,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-column", help="with --data: the column of labels (default: found by name)")
     ft.add_argument("--group-column", help="with --data: rows of one group stay in one split")
     ft.add_argument("--merge", action="store_true", help="lora: also save the adapter merged into the model")
-    ft.add_argument("--technique", choices=sorted(TECHNIQUES),
-                    help=_job_defaults_help("technique") + "; generative models accept lora and full")
+    ft.add_argument("--technique", choices=sorted({*TECHNIQUES, *GENERATIVE_TECHNIQUES}),
+                    help=_job_defaults_help("technique") + "; generative models accept "
+                    f"{', '.join(GENERATIVE_TECHNIQUES)} (dpo and simpo: preference tuning, see docs/generative.md)")
+    ft.add_argument("--from", "--from-run", dest="from_run", metavar="RUN",
+                    help="dpo/simpo: start from this generative LoRA run (its adapter folded into the weights)")
     ft.add_argument("--train-size", type=_positive_int, help=_job_defaults_help("train_size"))
     ft.add_argument("--val-size", type=_positive_int, help=_job_defaults_help("val_size"))
     ft.add_argument("--test-size", type=_positive_int, help=_job_defaults_help("test_size"))

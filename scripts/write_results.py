@@ -22,6 +22,9 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 BEGIN = "<!-- headline:begin: written by scripts/write_results.py from bench/records/, do not edit -->"
 END = "<!-- headline:end -->"
+# bench/decoding.py's records, in their own section of bench/RESULTS.md.
+DECODING_BEGIN = "<!-- decoding:begin: written by scripts/write_results.py from bench/records/, do not edit -->"
+DECODING_END = "<!-- decoding:end -->"
 
 LABELS = {
     "main": "MiniLM-L6 on Rotten Tomatoes",
@@ -149,13 +152,41 @@ def text_runs(label: str, job: dict) -> list[str]:
     return [*out, ""]
 
 
-def replace_between(text: str, body: str, where: str) -> str:
-    """``text`` with what lies between `BEGIN` and `END` replaced by ``body``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise SystemExit(f"{where} needs one {BEGIN!r} line and one {END!r} line after it.")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+def decoding_section(records: list[dict]) -> str:
+    """bench/decoding.py's records, newest first: tokens per second and each step against its floor."""
+    out = ["## Decoding speed", "",
+           "Greedy decoding of SmolLM2-135M-Instruct with the KV cache, measured by `bench/decoding.py` (the median of",
+           "its rounds; nothing else running) and kept in `bench/records/decoding-*.json`. A step at batch 1 reads",
+           "every weight once: the floor is the weights' size over the memory bandwidth the script measures.", ""]
+    for r in records:
+        out += [f"### {r['date']}: {machine_text(r['machine'])}", "",
+                f"{r['new_tokens']} new tokens after a {r['prompt_tokens']}-token prompt, {r['rounds']} rounds; "
+                f"native bf16: {'yes' if r['bf16_native'] else 'no'}; read bandwidth "
+                f"{r['read_bandwidth_gb_s']:.1f} GB/s; commit `{r.get('commit') or '?'}`, record `{r['file']}`.", "",
+                "| path | precision | batch | new tokens/s | ms per step | floor (weights / bandwidth) |",
+                "|---|---|---|---|---|---|"]
+        for x in r["results"]:
+            out.append(f"| {x['path']} | {x['precision']} | {x['batch']} | {x['tokens_per_second']:.1f} | "
+                       f"{x['ms_per_step']:.1f} | {x['bandwidth_floor_ms_per_step']:.1f} ms ({x['weight_mb']:,.0f} MB) |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def load_decoding(folder: Path = RECORDS) -> list[dict]:
+    """bench/decoding.py's records, newest first."""
+    records = []
+    for path in sorted(folder.glob("decoding-*.json")):
+        records.append({**json.loads(path.read_text(encoding="utf-8")), "file": path.name})
+    return sorted(records, key=lambda r: (r["date"], r["file"]), reverse=True)
+
+
+def replace_between(text: str, body: str, where: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with what lies between ``begin`` and ``end`` (the headline markers) replaced by ``body``."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise SystemExit(f"{where} needs one {begin!r} line and one {end!r} line after it.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 def written() -> dict[Path, str]:
@@ -165,7 +196,9 @@ def written() -> dict[Path, str]:
         raise SystemExit("No record in bench/records/: run bench/headline.py first.")
     return {
         README: replace_between(README.read_text(encoding="utf-8"), readme_table(records), "README.md"),
-        RESULTS: replace_between(RESULTS.read_text(encoding="utf-8"), results_section(records), "bench/RESULTS.md"),
+        RESULTS: replace_between(replace_between(RESULTS.read_text(encoding="utf-8"), results_section(records),
+                                                 "bench/RESULTS.md"),
+                                 decoding_section(load_decoding()), "bench/RESULTS.md", DECODING_BEGIN, DECODING_END),
     }
 
 

@@ -110,3 +110,22 @@ def test_dpo_from_an_sft_run_starts_from_its_weights(tmp_path, cache):
     assert any("starting from" in line and "adapter folded into the weights" in line for line in lines)
     saved = json.loads((tmp_path / "dpo" / "metrics.json").read_text())
     assert saved["from_run"] == str(tmp_path / "sft")
+
+
+@pytest.mark.slow
+def test_cli_dpo_takes_beta_and_from(tmp_path, cache, capsys):
+    from ftlib.cli import main
+
+    pairs = _jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--beta", "0.3", "--val-size", "3",
+                 "--test-size", "3", "--max-length", "200", "--quiet", "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["beta"] == 0.3
+    assert "After, on the 3 held-out pairs" in capsys.readouterr().out
+    code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--technique", "simpo", "--beta", "0.3",
+                 "--quiet", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--beta applies to the 'dpo' technique" in capsys.readouterr().err
+    code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--from", str(tmp_path / "nowhere"),
+                 "--quiet", "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert code == 2 and "must be the folder of a generative LoRA run" in err and len(err.strip().splitlines()) == 1

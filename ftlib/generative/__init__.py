@@ -16,8 +16,17 @@ The modules, read in this order:
 - `metrics`: generated text against a reference: ROUGE-1, ROUGE-2 and ROUGE-L F1, lengths.
 - `forgetting`: what the fine-tuned model still says of what it said before: the same
   general prompts asked before and after, and how likely the old replies still are.
+- `preference`: preference tuning on pairs of a chosen and a rejected answer (course
+  notebook 11): the answers' summed log-probabilities (`completion_logprobs`), the DPO
+  and SimPO losses and their implicit rewards, the reference with the adapter off
+  (`reference_logprobs`), and `PreferenceModel`, so `fit` trains it.
+- `inference`: using a model you trained: load a run folder, a registered model or any
+  `save_pretrained` folder (`load_for_generation`), stream a reply token by token with the
+  KV cache (`stream`), a chat that keeps its conversation (`Chat`); ``ftlib generate`` and
+  ``ftlib chat`` run it.
 
 Import them by name (``from ftlib.generative import sft``); this package imports nothing
-itself. The job that runs them end to end, ``ftlib finetune --model smollm2-135m``, is
-`ftlib.pipeline_llm`, beside the library's other jobs.
+itself. The jobs that run them end to end, ``ftlib finetune --model smollm2-135m``, are
+`ftlib.pipeline_llm` (supervised) and `ftlib.pipeline_preference` (DPO, SimPO), beside the
+library's other jobs.
 """
