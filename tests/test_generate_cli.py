@@ -190,6 +190,7 @@ def test_chat_keeps_the_history_and_reuses_the_cache(folder, tok):
     assert chat.messages == [{"role": "system", "content": sft.SYSTEM_PROMPT}] and chat.context_ids == []
 
 
+@pytest.mark.slow  # a subprocess or a training run: make test, not test-fast
 def test_chat_says_how_many_exchanges_it_dropped(folder, tok):
     model, _, _ = inference.load_for_generation(folder)  # a 256-token context
     chat = inference.Chat(model, tok, max_new_tokens=100)
@@ -273,6 +274,7 @@ def test_chat_from_stdin_keeps_the_history_resets_and_ends_at_eof(folder, monkey
     assert "context" not in captured.err  # nothing dropped
 
 
+@pytest.mark.slow  # a subprocess or a training run: make test, not test-fast
 def test_chat_says_once_that_old_exchanges_are_dropped(folder, monkeypatch, capsys):
     lines = "".join(f"message {i}: {'z' * 60}\n" for i in range(5)) + "/exit\nnot read\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
@@ -287,12 +289,14 @@ def _cli(*args, stdin=""):
                           timeout=120)
 
 
+@pytest.mark.slow  # a subprocess or a training run: make test, not test-fast
 def test_chat_through_a_pipe_exits_0_at_end_of_input():
     result = _cli("chat", "tiny-llama", "--max-new-tokens", "4", stdin="hello\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("you> ") == 2 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a subprocess or a training run: make test, not test-fast
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal")
 def test_chat_in_a_terminal_streams_replies_and_exits(folder):
     import pty

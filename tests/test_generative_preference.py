@@ -170,6 +170,7 @@ def test_fits_cross_entropy_on_the_two_rewards_is_the_dpo_loss(tiny):
     assert torch.allclose(logits[:, 0], chosen, atol=1e-5) and torch.allclose(logits[:, 1], rejected, atol=1e-5)
 
 
+@pytest.mark.slow  # a subprocess or a training run: make test, not test-fast
 def test_dpo_with_fit_raises_the_preference_accuracy_and_records_the_rewards(tiny):
     model, tokenizer = tiny
     lora = _lora(model, std=0.0)  # the adapter starts at zero: policy == reference
