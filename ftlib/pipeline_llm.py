@@ -147,8 +147,9 @@ class GenerativeJob:
         self.log(f"[4/7] Adapt: {what}; {self.trainable:,} of {self.total:,} parameters trainable "
                  f"({100 * self.trainable / self.total:.2f}%)")
 
-    def train(self, train_examples: list[dict], val_examples: list[dict], *, learned: str):
-        """Steps 5 and 6 of SFT: one length group per batch of at most ``batch_size x TOKENS_PER_ROW`` tokens."""
+    def train(self, train_examples: list[dict], val_examples: list[dict], *, learned: str, answers: str):
+        """Steps 5 and 6 of SFT: one length group per batch of at most ``batch_size x TOKENS_PER_ROW`` tokens;
+        each epoch is logged with its next-token accuracy on the ``answers``."""
         from ftlib.generative import sft
 
         cfg = self.cfg
@@ -161,6 +162,9 @@ class GenerativeJob:
         history = self.train_on(sft.SFTModel(self.model, bf16=self.autocast), train_loader, val_loader,
                                 learned=f"loss on {learned} only")
         self.tokens_per_second = sum(len(e["input_ids"]) for e in train_examples) * len(history) / self.train_seconds
+        for e in history.to_list():
+            self.log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f} | val loss {e['val_loss']:.4f}, "
+                     f"next-token accuracy on {answers} {e['val_accuracy']:.3f} | {e['seconds']:.1f}s")
         return history
 
     def train_on(self, model, train_loader, val_loader, *, learned: str, loss_fn=None):
@@ -268,10 +272,7 @@ def _answer_classes(job: GenerativeJob) -> dict:
         f"{zero_shot['accuracy']:.4f}, macro F1 {zero_shot['macro_f1']:.4f}")
 
     job.adapt()
-    history = job.train(train_examples, val_examples, learned="the answer and end-of-turn tokens")
-    for e in history.to_list():
-        log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f} | val loss {e['val_loss']:.4f}, "
-            f"next-token accuracy on answers {e['val_accuracy']:.3f} | {e['seconds']:.1f}s")
+    history = job.train(train_examples, val_examples, learned="the answer and end-of-turn tokens", answers="answers")
 
     test = accuracy_on_test()
     after = sft.generate(job.model, tokenizer, shown, max_new_tokens=12)
@@ -388,10 +389,8 @@ def _answer_text(job: GenerativeJob) -> dict:
         f"{len(test)} test prompts: {describe(zero_shot)}")
 
     job.adapt()
-    history = job.train(train_examples, val_examples, learned="every assistant reply and its end-of-turn token")
-    for e in history.to_list():
-        log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f} | val loss {e['val_loss']:.4f}, "
-            f"next-token accuracy on replies {e['val_accuracy']:.3f} | {e['seconds']:.1f}s")
+    history = job.train(train_examples, val_examples, learned="every assistant reply and its end-of-turn token",
+                        answers="replies")
 
     after = write(job.model)
     tested = text_scores(after, references, seed=cfg.seed)

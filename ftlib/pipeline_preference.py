@@ -125,9 +125,13 @@ def _held_out(model, examples, pad_token_id: int, method: str, beta: float, batc
 
 
 def _plot_steps(steps: list[dict], path: Path) -> None:
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")  # files only, as ftlib.reporting does; a notebook keeps its own backend
     import matplotlib.pyplot as plt
 
     x = list(range(1, len(steps) + 1))
