@@ -24,6 +24,7 @@ ASSIGNMENTS = {
     "07_evaluate": "evaluate",
     "08_techniques": "techniques",
     "09_llm_finetuning": "llm_finetuning",
+    "10_generative_tasks": "generative_tasks",
 }
 
 # checks module -> exercise names (each has check_<name> and a reference in ftlib)
@@ -37,6 +38,7 @@ EXERCISES = {
     "evaluate": ["confusion_matrix", "macro_f1", "bootstrap_interval", "select_and_test"],
     "techniques": ["extract_features", "l2sp_penalty"],
     "llm_finetuning": ["build_sft_example", "collate_sft", "causal_lm_loss", "score_choices", "greedy_generate"],
+    "generative_tasks": ["build_chat_example", "sample_next_token", "generate_with_cache", "rouge_l"],
 }
 
 

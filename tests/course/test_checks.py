@@ -23,6 +23,10 @@ def _reference(module: str, exercise: str):
         return evaluate_checks.reference_select_and_test
     if module == "llm_finetuning":
         return getattr(sft, exercise)
+    if module == "generative_tasks":
+        from ftlib.generative import chat, decoding, metrics
+
+        return next(getattr(lib, exercise) for lib in (chat, decoding, metrics) if hasattr(lib, exercise))
     for lib in (models, data, weights, heads, freezing, optim, train, evaluate):
         if hasattr(lib, exercise):
             return getattr(lib, exercise)

@@ -839,3 +839,300 @@ WRONG_LLM = {
 }
 
 WRONG.update(WRONG_LLM)
+
+
+# 10 generative_tasks -------------------------------------------------------------------------
+# Each is a mistake the trl / transformers issue trackers and LLMs-from-scratch readers report.
+def _turns(tokenizer, messages):
+    """``(role, header, content, end)`` token lists of each turn, as the chat template renders them
+    (the first turn's header holds the template's default system turn when there is none)."""
+    out, done = [], ""
+    for i, m in enumerate(messages):
+        text = tokenizer.apply_chat_template(list(messages[:i + 1]), tokenize=False)
+        ids = tokenizer(text[len(done):], add_special_tokens=False)["input_ids"]
+        content = tokenizer(m["content"], add_special_tokens=False)["input_ids"]
+        header = len(ids) - len(content) - 2  # then the content, <|im_end|> and a newline
+        out.append((m["role"], ids[:header], content, ids[header + len(content):]))
+        done = text
+    return out
+
+
+def _chat(tokenizer, messages, max_length, *, learn=("assistant",), header=False, end_of_turn=True,
+          only_last=False, keep_system=True, cut=None):
+    """A conversation as an example, labelled per the options; too long: drop the oldest exchanges
+    (``cut="left"``/``"right"``: cut tokens instead)."""
+    messages = list(messages)
+    system = messages[:1] if keep_system and messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    while True:
+        ids, labels = [], []
+        turns = _turns(tokenizer, system + rest)
+        last = max(i for i, t in enumerate(turns) if t[0] == "assistant")
+        for i, (role, head, content, end) in enumerate(turns):
+            learned = role in learn and (not only_last or i == last)
+            end = end[:1] if i == len(turns) - 1 else end  # no newline after the last end of turn
+            ids += head + content + end
+            labels += (head if learned and header else [-100] * len(head)) + (content if learned else [-100] * len(content))
+            labels += (end[:1] if learned and end_of_turn else [-100]) + [-100] * (len(end) - 1)
+        if len(ids) <= max_length or cut is not None or len(rest) <= 2:
+            break
+        rest = rest[1:] if not system and rest[0]["role"] == "system" else rest[2:]
+    if cut == "left":
+        ids, labels = ids[-max_length:], labels[-max_length:]
+    elif cut == "right":
+        ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def chat_labels_user_turns(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, learn=("user", "assistant"))
+
+
+def chat_labels_system_turn(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, learn=("system", "assistant"))
+
+
+def chat_end_of_turn_unlabelled(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, end_of_turn=False)
+
+
+def chat_labels_assistant_header(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, header=True)
+
+
+def chat_only_last_reply(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, only_last=True)
+
+
+def chat_cuts_from_the_left(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, cut="left")
+
+
+def chat_cuts_from_the_right(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, cut="right")
+
+
+def chat_drops_the_system_turn(tokenizer, messages, max_length):
+    return _chat(tokenizer, messages, max_length, keep_system=False)
+
+
+def chat_keeps_the_last_newline(tokenizer, messages, max_length):
+    from ftlib.generative.chat import build_chat_example
+
+    example = build_chat_example(tokenizer, messages, max_length - 1)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    example["input_ids"] += newline  # what apply_chat_template(messages) ends with
+    example["labels"] += [-100] * len(newline)
+    example["attention_mask"] += [1] * len(newline)
+    return example
+
+
+def chat_drops_exchanges_in_place(tokenizer, messages, max_length):
+    from ftlib.generative.chat import build_chat_example
+
+    example = build_chat_example(tokenizer, messages, 10**6)
+    while len(example["input_ids"]) > max_length and len(messages) > 3:
+        del messages[1:3]  # the oldest exchange after the system turn: from the caller's list too
+        example = build_chat_example(tokenizer, messages, 10**6)
+    if len(example["input_ids"]) > max_length:
+        raise ValueError("the last exchange does not fit")
+    return example
+
+
+def _nucleus_sample(logits, temperature, top_p, generator, *, temperature_last=False, strict=False,
+                    use_generator=True, greedy=True, keepdim=False):
+    if greedy and temperature == 0:
+        return logits.argmax(dim=-1, keepdim=keepdim)
+    scaled = logits if temperature_last else logits / temperature
+    probs = torch.softmax(scaled, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        cumulative = sorted_probs.cumsum(dim=-1)
+        keep = cumulative < top_p if strict else cumulative - sorted_probs < top_p
+        if not strict:
+            keep[:, 0] = True
+        kept = torch.zeros_like(keep).scatter(-1, order, keep)
+        scaled = scaled.masked_fill(~kept, float("-inf"))
+    if temperature_last:
+        scaled = scaled / temperature  # the nucleus was cut on the untempered distribution
+    probs = torch.softmax(scaled, dim=-1)
+    draw = torch.multinomial(probs, 1, generator=generator) if use_generator else torch.multinomial(probs, 1)
+    return draw if keepdim else draw.squeeze(-1)
+
+
+def sample_temperature_after_top_p(logits, temperature, top_p, generator):
+    return _nucleus_sample(logits, temperature, top_p, generator, temperature_last=True)
+
+
+def sample_top_p_can_keep_nothing(logits, temperature, top_p, generator):
+    return _nucleus_sample(logits, temperature, top_p, generator, strict=True)
+
+
+def sample_ignores_the_generator(logits, temperature, top_p, generator):
+    return _nucleus_sample(logits, temperature, top_p, generator, use_generator=False)
+
+
+def sample_divides_by_zero_temperature(logits, temperature, top_p, generator):
+    return _nucleus_sample(logits, temperature, top_p, generator, greedy=False)
+
+
+def sample_returns_a_column(logits, temperature, top_p, generator):
+    return _nucleus_sample(logits, temperature, top_p, generator, keepdim=True)
+
+
+def sample_divides_logits_in_place(logits, temperature, top_p, generator):
+    if temperature > 0:
+        logits /= temperature
+    return _nucleus_sample(logits, 1.0 if temperature > 0 else 0.0, top_p, generator)
+
+
+@torch.no_grad()
+def _decode(model, input_ids, max_new_tokens, eos_token_id, *, cache=True, steps=None, keep_eos=True,
+            stop=True, with_prompt=False):
+    ids = input_ids.reshape(1, -1)
+    new = []
+    out = model(input_ids=ids, use_cache=cache)
+    for _ in range(max_new_tokens if steps is None else steps(max_new_tokens)):
+        token = int(out.logits[0, -1].argmax())
+        if token == eos_token_id and stop and not keep_eos:
+            break
+        new.append(token)
+        if token == eos_token_id and stop:
+            break
+        if cache:
+            out = model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
+        else:
+            out = model(input_ids=torch.cat([ids, torch.tensor([new])], dim=1))
+    return ids[0].tolist() + new if with_prompt else new
+
+
+def generate_without_cache(model, input_ids, max_new_tokens, eos_token_id):
+    return _decode(model, input_ids, max_new_tokens, eos_token_id, cache=False)
+
+
+def generate_one_token_short(model, input_ids, max_new_tokens, eos_token_id):
+    return _decode(model, input_ids, max_new_tokens, eos_token_id, steps=lambda n: n - 1)
+
+
+def generate_leaves_out_eos(model, input_ids, max_new_tokens, eos_token_id):
+    return _decode(model, input_ids, max_new_tokens, eos_token_id, keep_eos=False)
+
+
+def generate_past_eos(model, input_ids, max_new_tokens, eos_token_id):
+    return _decode(model, input_ids, max_new_tokens, eos_token_id, stop=False)
+
+
+def generate_returns_prompt_and_new(model, input_ids, max_new_tokens, eos_token_id):
+    return _decode(model, input_ids, max_new_tokens, eos_token_id, with_prompt=True)
+
+
+@torch.no_grad()
+def generate_forgets_the_cache(model, input_ids, max_new_tokens, eos_token_id):
+    new, out = [], model(input_ids=input_ids.reshape(1, -1))
+    while len(new) < max_new_tokens:
+        new.append(int(out.logits[0, -1].argmax()))
+        if new[-1] == eos_token_id:
+            break
+        out = model(input_ids=torch.tensor([[new[-1]]]))  # one token, and no cache: no context
+    return new
+
+
+def generate_with_gradients(model, input_ids, max_new_tokens, eos_token_id):
+    return _decode.__wrapped__(model, input_ids, max_new_tokens, eos_token_id)
+
+
+def _lcs(a, b):
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _rouge_f1(p, r, *, recall_only=False, precision_only=False):
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    if recall_only:
+        return recall
+    if precision_only:
+        return precision
+    return 2 * precision * recall / (precision + recall)
+
+
+def _rouge_words(text):
+    import re
+
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def rouge_on_characters(prediction, reference):
+    return _rouge_f1(list(prediction.lower()), list(reference.lower()))
+
+
+def rouge_recall_only(prediction, reference):
+    return _rouge_f1(_rouge_words(prediction), _rouge_words(reference), recall_only=True)
+
+
+def rouge_both_over_the_prediction(prediction, reference):
+    p, r = _rouge_words(prediction), _rouge_words(reference)
+    lcs = _lcs(p, r)
+    precision = recall = lcs / len(p) if p else 0.0  # "recall" divided by the wrong length
+    return 2 * precision * recall / (precision + recall) if lcs else 0.0
+
+
+def rouge_not_lower_cased(prediction, reference):
+    import re
+
+    return _rouge_f1(re.sub(r"[^A-Za-z0-9]+", " ", prediction).split(), re.sub(r"[^A-Za-z0-9]+", " ", reference).split())
+
+
+def rouge_bag_of_words(prediction, reference):
+    from collections import Counter
+
+    p, r = Counter(_rouge_words(prediction)), Counter(_rouge_words(reference))
+    shared = sum((p & r).values())
+    if not shared:
+        return 0.0
+    precision, recall = shared / sum(p.values()), shared / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_split_on_spaces(prediction, reference):
+    return _rouge_f1(prediction.lower().split(), reference.lower().split())
+
+
+WRONG_GENERATIVE = {
+    "build_chat_example": [("labels on the user's turns", chat_labels_user_turns),
+                           ("labels on the system turn", chat_labels_system_turn),
+                           ("end of turn unlabelled", chat_end_of_turn_unlabelled),
+                           ("labels on the assistant header", chat_labels_assistant_header),
+                           ("only the last reply labelled", chat_only_last_reply),
+                           ("too long: tokens cut from the left", chat_cuts_from_the_left),
+                           ("too long: tokens cut from the right", chat_cuts_from_the_right),
+                           ("too long: the system turn dropped too", chat_drops_the_system_turn),
+                           ("the template's last newline kept", chat_keeps_the_last_newline),
+                           ("drops exchanges from the caller's list", chat_drops_exchanges_in_place)],
+    "sample_next_token": [("temperature after top-p", sample_temperature_after_top_p),
+                          ("top-p can keep no token", sample_top_p_can_keep_nothing),
+                          ("ignores the generator", sample_ignores_the_generator),
+                          ("temperature 0 divides by zero", sample_divides_by_zero_temperature),
+                          ("shape (B, 1)", sample_returns_a_column),
+                          ("divides the logits in place", sample_divides_logits_in_place)],
+    "generate_with_cache": [("no cache: the whole sequence every step", generate_without_cache),
+                            ("one token short", generate_one_token_short),
+                            ("eos left out", generate_leaves_out_eos),
+                            ("does not stop at eos", generate_past_eos),
+                            ("returns the prompt too", generate_returns_prompt_and_new),
+                            ("feeds one token without the cache", generate_forgets_the_cache),
+                            ("records gradients", generate_with_gradients)],
+    "rouge_l": [("characters, not words", rouge_on_characters), ("recall only", rouge_recall_only),
+                ("precision and recall both over the prediction", rouge_both_over_the_prediction),
+                ("not lower-cased", rouge_not_lower_cased), ("common words, not the LCS (ROUGE-1)", rouge_bag_of_words),
+                ("split on spaces: punctuation sticks to words", rouge_split_on_spaces)],
+}
+
+WRONG.update(WRONG_GENERATIVE)
