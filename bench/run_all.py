@@ -46,6 +46,13 @@ BENCHES = [
           "SmolLM2 greedy generation of BBC headlines: time and peak memory per batch size"),
     Bench("main-job", (PY, "bench/foundation/bench_finetune.py"), 7,
           "main job and image job: test accuracy, wall time, peak memory"),
+    Bench("preference", (PY, "bench/preference.py"), 75,
+          "bench/RESULTS.md's preference section and README's DPO row: the starting model, SFT, SFT then DPO, SFT then "
+          "SimPO on BBC headline pairs over 3 seeds: ROUGE-L, held-out likelihood accuracy, training time, peak memory"),
+    Bench("dpo-vs-trl", (PY, "bench/llm/dpo_vs_trl.py"), 2,
+          "NEEDS TRL (trl==1.16.0; the course environment has none, so there it prints SKIPPED and exits 0): ftlib's "
+          "DPO loss, rewards and log-probabilities against TRL's DPOTrainer on the same batches (tiny Llama, SmolLM2 "
+          "on 3 headline pairs), kept in bench/records/dpo-vs-trl-*.json; fails on a difference over tolerance"),
     Bench("llm-step", (PY, "bench/llm/bench_step.py", "--steps", "5", "--rounds", "2"), 5,
           "SmolLM2 SFT step: tokens/s vs a naive transformers + peft loop; matmul GFLOP/s"),
     Bench("loop", (PY, "bench/foundation/bench_loop.py", "--steps", "15", "--rounds", "3"), 4,

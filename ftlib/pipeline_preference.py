@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from ftlib.config import GENERATION_BATCH_SIZE
 from ftlib.pipeline_llm import GenerativeJob, chat_splits, short, text_scores, with_system
 
-__all__ = ["finetune_preferences", "self_play_pairs"]
+__all__ = ["finetune_preferences", "self_play_pairs", "score_pairs"]
 
 def _cached_pairs(job: GenerativeJob, data, splits, max_new_tokens: int):
     """``(train, val, test)`` PairData of self-play pairs, read from the cache or made (and cached)."""
@@ -92,8 +92,10 @@ def _examples(tokenizer, pairs, max_length: int) -> tuple[list[dict], int]:
 
 
 def _held_out(model, examples, pad_token_id: int, method: str, beta: float, batch_size: int) -> dict:
-    """On held-out pairs: how often the chosen answer is the more likely, its mean log-probability
-    lead, and (with stored references, for DPO) the implicit rewards' accuracy and margin."""
+    """On held-out pairs: how often the chosen answer is the more likely (its summed log-probability
+    the higher: ``likelihood_accuracy``; per token, what SimPO compares: ``per_token_accuracy``),
+    its mean log-probability lead, and (with stored references, for DPO) the implicit rewards'
+    accuracy and margin. ``method`` only decides the latter."""
     import torch
 
     from ftlib.generative.preference import PreferenceLoader, preference_metrics, sequence_logprobs
@@ -115,13 +117,22 @@ def _held_out(model, examples, pad_token_id: int, method: str, beta: float, batc
     finally:
         model.train(was_training)
     logp, n = torch.cat(sums), torch.cat(counts).clamp(min=1)
-    scores = logp / n if method == "simpo" else logp  # what the method compares
-    out = {"likelihood_accuracy": (scores[:, 0] > scores[:, 1]).float().mean().item(),
+    per_token = logp / n
+    out = {"likelihood_accuracy": (logp[:, 0] > logp[:, 1]).float().mean().item(),
+           "per_token_accuracy": (per_token[:, 0] > per_token[:, 1]).float().mean().item(),
            "logprob_lead": (logp[:, 0] - logp[:, 1]).mean().item(), "num_pairs": len(examples)}
     if references and method == "dpo":
         rewards = beta * (logp - torch.cat(references))
         out.update(preference_metrics(rewards[:, 0], rewards[:, 1]))
     return out
+
+
+def score_pairs(model, tokenizer, pairs, *, max_length: int, batch_size: int = 2) -> dict:
+    """A model's figures on held-out ``pairs`` (``PairData``), as the job reports them before and after:
+    ``likelihood_accuracy``, ``per_token_accuracy``, ``logprob_lead``, ``num_pairs`` (and
+    ``skipped_too_long``). For a model the job did not train: the starting model, say."""
+    examples, skipped = _examples(tokenizer, pairs, max_length)
+    return {**_held_out(model, examples, tokenizer.pad_token_id, "dpo", 0.0, batch_size), "skipped_too_long": skipped}
 
 
 def _plot_steps(steps: list[dict], path: Path) -> None:
@@ -169,6 +180,7 @@ def finetune_preferences(cfg, *, log=print) -> dict:
         max_new_tokens = job.max_new_tokens([c[-1]["content"] for c in splits[0].conversations])
         (train, val, test), where = _cached_pairs(job, data, splits, max_new_tokens)
         source = f"{cfg.dataset} by self-play (chosen: the real answer; rejected: the starting model's own)"
+        pairs_folder = str(where)
     else:
         pairs = load_pairs(cfg.data)
         val = load_pairs(cfg.val_data) if cfg.val_data else None
@@ -178,6 +190,7 @@ def finetune_preferences(cfg, *, log=print) -> dict:
                                                    keep_test=test is None)
         val, test = val or split_val, test or split_test
         source = f"{pairs.name} ({pairs.format} preference pairs)"
+        pairs_folder = None
     examples = {name: _examples(tokenizer, split, cfg.max_length) for name, split in
                 (("train", train), ("val", val), ("test", test))}
     skipped = sum(s for _, s in examples.values())
@@ -249,7 +262,7 @@ def finetune_preferences(cfg, *, log=print) -> dict:
     splits = SimpleNamespace(train=train_pairs, val=val_pairs, test=test_pairs)
     test = {**after, "rouge": after_rouge}
     metrics = {**job.metrics(splits, history, test, before={**before, "rouge": before_rouge}, method=method,
-                             beta=beta, from_run=cfg.from_run, skipped_too_long=skipped),
+                             beta=beta, from_run=cfg.from_run, skipped_too_long=skipped, pairs=pairs_folder),
                "steps": policy.steps}
     written = job.save()
     return job.finish(metrics, history, test, None, written, str(job.run.out / "preference_curves.png"))

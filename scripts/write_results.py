@@ -25,6 +25,11 @@ END = "<!-- headline:end -->"
 # bench/decoding.py's records, in their own section of bench/RESULTS.md.
 DECODING_BEGIN = "<!-- decoding:begin: written by scripts/write_results.py from bench/records/, do not edit -->"
 DECODING_END = "<!-- decoding:end -->"
+# bench/preference.py's records, in their own section of bench/RESULTS.md.
+PREFERENCE_BEGIN = "<!-- preference:begin: written by scripts/write_results.py from bench/records/, do not edit -->"
+PREFERENCE_END = "<!-- preference:end -->"
+PREFERENCE_ROWS = {"start": "starting model (SmolLM2-135M-Instruct)", "sft": "after SFT (LoRA)",
+                   "dpo": "after SFT, then DPO", "simpo": "after SFT, then SimPO (no reference)"}
 
 LABELS = {
     "main": "MiniLM-L6 on Rotten Tomatoes",
@@ -82,14 +87,24 @@ def newest_jobs(records: list[dict]) -> dict[str, tuple[dict, dict]]:
     return {name: newest[name] for name in order if name in newest}
 
 
-def readme_table(records: list[dict]) -> str:
-    """The README's table: one row per job, each from the newest record that has it."""
+def readme_table(records: list[dict], preference: list[dict] = ()) -> str:
+    """The README's table: one row per job, each from the newest record that has it, and DPO's
+    from the newest bench/preference.py record."""
     rows = ["| job | test score | training / whole run | peak memory |", "|---|---|---|---|"]
     jobs = newest_jobs(records)
     for name, (job, _) in jobs.items():
         rows.append(f"| [{LABELS.get(name, name)}]({ANCHOR}) (`{job['command']}`{_seeds(job)}) | {_accuracy(job)} | "
                     f"{job['training_seconds']:.0f} s / {job['wall_seconds']:.0f} s | "
                     f"{job['peak_memory_mb']:,.0f} MB |")
+    if preference:
+        p = preference[0]
+        rows_, cost = p["summary"]["rows"], p["summary"]["jobs"]["dpo"]
+        rows.append(f"| [SmolLM2-135M: SFT, then DPO on BBC headline pairs](bench/RESULTS.md#preference-tuning) "
+                    f"(`{p['commands']['dpo']}`, seeds {', '.join(str(s['seed']) for s in p['seeds'])}) | "
+                    f"ROUGE-L {_pm(rows_['dpo']['rougeL'])} (after SFT {_pm(rows_['sft']['rougeL'])}); "
+                    f"likelihood accuracy {_pm(rows_['dpo']['likelihood_accuracy'], 3)} (after SFT "
+                    f"{_pm(rows_['sft']['likelihood_accuracy'], 3)}) | {cost['training_seconds']['mean']:.0f} s / "
+                    f"{cost['wall_seconds']['mean']:.0f} s | {cost['peak_memory_mb']['mean']:,.0f} MB |")
     rows.append("")
     used = {record["file"]: record for _, record in jobs.values()}
     for record in used.values():
@@ -99,6 +114,11 @@ def readme_table(records: list[dict]) -> str:
         rows.append(f"{which}Measured on {record['date']} on {machine_text(record['machine'])}, "
                     f"at {' and '.join(precisions) or 'the default precision'} (`bench/headline.py`, "
                     f"record `{record['file']}`).")
+    if preference:
+        p = preference[0]
+        rows.append(f"SFT, then DPO: measured on {p['date']} on {machine_text(p['machine'])} (`bench/preference.py`, "
+                    f"record `{p['file']}`); likelihood accuracy: how often the real headline is the more likely "
+                    f"of a held-out pair against the SFT model's own.")
     if any("test_rougeL" in job for job, _ in jobs.values()):
         rows.append("ROUGE-L: the F1 of the longest common word subsequence with the real headline "
                     "(`ftlib.generative.metrics`); ± is the standard deviation over the seeds.")
@@ -172,10 +192,52 @@ def decoding_section(records: list[dict]) -> str:
     return "\n".join(out).rstrip()
 
 
-def load_decoding(folder: Path = RECORDS) -> list[dict]:
-    """bench/decoding.py's records, newest first."""
+def _pm(stats: dict, digits: int = 4) -> str:
+    """``mean ± std`` over the seeds (the mean alone for one seed)."""
+    text = f"{stats['mean']:,.{digits}f}"
+    return text if stats["std"] is None else f"{text} ± {stats['std']:,.{digits}f}"
+
+
+def preference_section(records: list[dict]) -> str:
+    """bench/preference.py's records, newest first: each model's held-out figures over the seeds, and the cost."""
+    out = ["## Preference tuning", "",
+           "The starting model, SFT, and SFT followed by DPO or by SimPO, on the same held-out BBC articles and the",
+           "same held-out self-play pairs (chosen: the real headline; rejected: the SFT model's own), measured by",
+           "`bench/preference.py` (nothing else running) and kept in `bench/records/preference-*.json`. Likelihood",
+           "accuracy: how often the real headline is the more likely of its pair (summed log-probability). ± is the",
+           "standard deviation over the seeds (none with one seed).", ""]
+    for r in records:
+        seeds = [s["seed"] for s in r["seeds"]]
+        first = r["seeds"][0]
+        out += [f"### {r['date']}: {machine_text(r['machine'])}", "",
+                f"Seeds {', '.join(map(str, seeds))}; {first['held_out_articles']} held-out articles, "
+                f"{first['held_out_pairs']} held-out pairs, {first['train_pairs']} training pairs; DPO beta "
+                f"{first['beta']['dpo']:g}, SimPO beta {first['beta']['simpo']:g}; commit `{r.get('commit') or '?'}`, "
+                f"record `{r['file']}`. Commands: `{r['commands']['sft']}`, then `{r['commands']['dpo']}` and "
+                f"`{r['commands']['simpo']}`.", "",
+                "| model | ROUGE-L of its headlines | likelihood accuracy on held-out pairs |", "|---|---|---|"]
+        rows = r["summary"]["rows"]
+        for name, label in PREFERENCE_ROWS.items():
+            out.append(f"| {label} | {_pm(rows[name]['rougeL'])} | {_pm(rows[name]['likelihood_accuracy'], 3)} |")
+        dpo = rows["dpo"]
+        out += ["", f"DPO's held-out implicit rewards: preference accuracy {_pm(dpo['accuracy'], 3)}, margin "
+                    f"{_pm(dpo['margin'], 3)} (chosen {_pm(dpo['chosen_reward'], 3)}, rejected "
+                    f"{_pm(dpo['rejected_reward'], 3)}).", "",
+                "| training run | training | whole run (with generation and evaluation) | peak memory |",
+                "|---|---|---|---|"]
+        for name, job in r["summary"]["jobs"].items():
+            out.append(f"| {name} | {_pm(job['training_seconds'], 0)} s | {_pm(job['wall_seconds'], 0)} s | "
+                       f"{_pm(job['peak_memory_mb'], 0)} MB |")
+        out.append("")
+    if not records:
+        out.append("No record yet: run `bench/preference.py`.")
+    return "\n".join(out).rstrip()
+
+
+def load_decoding(folder: Path = RECORDS, kind: str = "decoding") -> list[dict]:
+    """bench/decoding.py's records (or another bench's, ``<kind>-*.json``), newest first."""
     records = []
-    for path in sorted(folder.glob("decoding-*.json")):
+    for path in sorted(folder.glob(f"{kind}-*.json")):
         records.append({**json.loads(path.read_text(encoding="utf-8")), "file": path.name})
     return sorted(records, key=lambda r: (r["date"], r["file"]), reverse=True)
 
@@ -195,11 +257,18 @@ def written() -> dict[Path, str]:
     if not records:
         raise SystemExit("No record in bench/records/: run bench/headline.py first.")
     return {
-        README: replace_between(README.read_text(encoding="utf-8"), readme_table(records), "README.md"),
-        RESULTS: replace_between(replace_between(RESULTS.read_text(encoding="utf-8"), results_section(records),
-                                                 "bench/RESULTS.md"),
-                                 decoding_section(load_decoding()), "bench/RESULTS.md", DECODING_BEGIN, DECODING_END),
+        README: replace_between(README.read_text(encoding="utf-8"),
+                                readme_table(records, load_decoding(kind="preference")), "README.md"),
+        RESULTS: results_text(records),
     }
+
+
+def results_text(records: list[dict]) -> str:
+    """bench/RESULTS.md with its three written sections (headline, decoding, preference) up to date."""
+    text = replace_between(RESULTS.read_text(encoding="utf-8"), results_section(records), "bench/RESULTS.md")
+    text = replace_between(text, decoding_section(load_decoding()), "bench/RESULTS.md", DECODING_BEGIN, DECODING_END)
+    return replace_between(text, preference_section(load_decoding(kind="preference")), "bench/RESULTS.md", PREFERENCE_BEGIN,
+                           PREFERENCE_END)
 
 
 def main(argv: list[str] | None = None) -> int:

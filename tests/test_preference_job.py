@@ -54,8 +54,9 @@ def test_dpo_on_pairs_reports_before_and_after_and_the_reward_curves(tmp_path, c
                        max_length=200, out=str(out), progress=False, log=lines.append)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["method"] == "dpo" and saved["beta"] == 0.1
-    for key in ("likelihood_accuracy", "logprob_lead", "num_pairs"):
+    for key in ("likelihood_accuracy", "per_token_accuracy", "logprob_lead", "num_pairs"):
         assert key in saved["before"] and key in saved["test"]
+    assert saved["pairs"] is None  # the user's own pairs: nothing made or cached
     assert {"chosen_reward", "rejected_reward", "margin", "accuracy"} <= set(saved["test"])
     assert len(saved["steps"]) == 2 * saved["train_size"]  # one pair per step, two epochs
     assert saved["steps"][0]["margin"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as its reference
@@ -79,7 +80,7 @@ def test_self_play_pairs_from_instruction_data_are_made_once_and_cached(tmp_path
     monkeypatch.setattr(sft, "generate", wordy)
     chats = _jsonl(tmp_path / "chats.jsonl", CHATS)
     options = dict(model="tiny-llama", data=str(chats), technique="simpo", val_size=3, test_size=3, epochs=1,
-                   max_length=200, progress=False)
+                   max_length=200, precision="fp32", progress=False)
     first, second = [], []
     finetune(**options, out=str(tmp_path / "a"), log=first.append)
     made = list((cache / "pairs").glob("chats-*/made_by.json"))
@@ -96,6 +97,18 @@ def test_self_play_pairs_from_instruction_data_are_made_once_and_cached(tmp_path
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert saved["method"] == "simpo" and "rouge" in saved["test"] and "rougeL" in saved["test"]["rouge"]
     assert (tmp_path / "b" / "examples.json").exists()
+    assert saved["pairs"] == str(made[0].parent)  # where the pairs are, for a user (and bench/preference.py)
+    # The starting model scored on those held-out pairs by score_pairs is the job's "before".
+    from ftlib.data.pairs import load_pairs
+    from ftlib.models import load_causal_lm
+    from ftlib.pipeline_preference import score_pairs
+    from ftlib.train import set_seed
+
+    set_seed(0)  # the job's seed, before its random tiny model is built
+    model, tokenizer = load_causal_lm("tiny-llama")
+    start = score_pairs(model, tokenizer, load_pairs(made[0].parent / "test.jsonl"), max_length=200)
+    for key in ("likelihood_accuracy", "per_token_accuracy", "logprob_lead", "num_pairs"):
+        assert start[key] == pytest.approx(saved["before"][key], abs=1e-5), key
 
 
 @pytest.mark.slow
