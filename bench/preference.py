@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record["summary"] = summary(record["seeds"])
-    dry = args.model != MODEL or args.data is not None
-    out = args.out or (Path(tempfile.mkdtemp(prefix="ftlib-preference-record-")) if dry else RECORDS)
+    # Only the registered figures (the default model on bbc-headlines) go to bench/records by default.
+    registered = args.model == MODEL and args.data is None
+    out = args.out or (RECORDS if registered else Path(tempfile.mkdtemp(prefix="ftlib-preference-record-")))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"preference-{record['date']}-{_slug(record['machine']['cpu'])}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

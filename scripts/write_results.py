@@ -234,8 +234,8 @@ def preference_section(records: list[dict]) -> str:
     return "\n".join(out).rstrip()
 
 
-def load_decoding(folder: Path = RECORDS, kind: str = "decoding") -> list[dict]:
-    """bench/decoding.py's records (or another bench's, ``<kind>-*.json``), newest first."""
+def load_bench_records(kind: str, folder: Path = RECORDS) -> list[dict]:
+    """One bench script's records (``<kind>-*.json``: decoding, preference), newest first."""
     records = []
     for path in sorted(folder.glob(f"{kind}-*.json")):
         records.append({**json.loads(path.read_text(encoding="utf-8")), "file": path.name})
@@ -258,7 +258,7 @@ def written() -> dict[Path, str]:
         raise SystemExit("No record in bench/records/: run bench/headline.py first.")
     return {
         README: replace_between(README.read_text(encoding="utf-8"),
-                                readme_table(records, load_decoding(kind="preference")), "README.md"),
+                                readme_table(records, load_bench_records("preference")), "README.md"),
         RESULTS: results_text(records),
     }
 
@@ -266,8 +266,8 @@ def written() -> dict[Path, str]:
 def results_text(records: list[dict]) -> str:
     """bench/RESULTS.md with its three written sections (headline, decoding, preference) up to date."""
     text = replace_between(RESULTS.read_text(encoding="utf-8"), results_section(records), "bench/RESULTS.md")
-    text = replace_between(text, decoding_section(load_decoding()), "bench/RESULTS.md", DECODING_BEGIN, DECODING_END)
-    return replace_between(text, preference_section(load_decoding(kind="preference")), "bench/RESULTS.md", PREFERENCE_BEGIN,
+    text = replace_between(text, decoding_section(load_bench_records("decoding")), "bench/RESULTS.md", DECODING_BEGIN, DECODING_END)
+    return replace_between(text, preference_section(load_bench_records("preference")), "bench/RESULTS.md", PREFERENCE_BEGIN,
                            PREFERENCE_END)
 
 
