@@ -53,11 +53,31 @@ def release_notebook(name: str) -> Path:
     return ROOT / "course" / name / f"{name}.ipynb"
 
 
+# What binder/start sets that decides a kernel's memory: the allocator (TCMalloc where the
+# system has it) and oneDNN's kernel cache. The 1.5 GB budget is Binder's, so notebooks are
+# measured under Binder's settings, taken from the script itself; its other settings (quiet
+# warnings among them) are left out, so that the checks still see every warning.
+BINDER_MEMORY_SETTINGS = ("LD_PRELOAD", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+
+
+@functools.lru_cache(maxsize=None)
+def binder_memory_env() -> dict:
+    """The values ``binder/start`` gives :data:`BINDER_MEMORY_SETTINGS` on this machine."""
+    import subprocess
+
+    clean = {k: v for k, v in os.environ.items() if k not in BINDER_MEMORY_SETTINGS}
+    out = subprocess.run(["bash", str(ROOT / "binder" / "start"), "env", "-0"], env=clean, check=True,
+                         capture_output=True, text=True).stdout
+    pairs = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+    return {k: pairs[k] for k in BINDER_MEMORY_SETTINGS if k in pairs}
+
+
 @contextlib.contextmanager
 def _course_env(extra: dict | None = None):
-    """Offline, quiet settings for a notebook kernel; the previous environment comes back."""
+    """Offline, quiet settings for a notebook kernel, with Binder's allocator and oneDNN cache
+    (:func:`binder_memory_env`); the previous environment comes back."""
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1", **(extra or {})}
+           "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1", **binder_memory_env(), **(extra or {})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

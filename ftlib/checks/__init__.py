@@ -25,6 +25,7 @@ ASSIGNMENTS = {
     "08_techniques": "techniques",
     "09_llm_finetuning": "llm_finetuning",
     "10_generative_tasks": "generative_tasks",
+    "11_preference_tuning": "preference_tuning",
 }
 
 # checks module -> exercise names (each has check_<name> and a reference in ftlib)
@@ -39,6 +40,7 @@ EXERCISES = {
     "techniques": ["extract_features", "l2sp_penalty"],
     "llm_finetuning": ["build_sft_example", "collate_sft", "causal_lm_loss", "score_choices", "greedy_generate"],
     "generative_tasks": ["build_chat_example", "sample_next_token", "generate_with_cache", "rouge_l"],
+    "preference_tuning": ["completion_logprobs", "dpo_loss", "reference_logprobs", "preference_accuracy"],
 }
 
 

@@ -27,6 +27,10 @@ def _reference(module: str, exercise: str):
         from ftlib.generative import chat, decoding, metrics
 
         return next(getattr(lib, exercise) for lib in (chat, decoding, metrics) if hasattr(lib, exercise))
+    if module == "preference_tuning":
+        from ftlib.generative import preference
+
+        return getattr(preference, exercise)
     for lib in (models, data, weights, heads, freezing, optim, train, evaluate):
         if hasattr(lib, exercise):
             return getattr(lib, exercise)

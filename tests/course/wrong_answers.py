@@ -1136,3 +1136,229 @@ WRONG_GENERATIVE = {
 }
 
 WRONG.update(WRONG_GENERATIVE)
+
+
+# 11 preference_tuning ------------------------------------------------------------------------
+# Each is a mistake reported on the trl issue tracker or in DPO-from-scratch write-ups.
+def _logprobs(logits, labels, *, shift=1, mask=True, reduce="sum", scores="log_softmax", shift_mask=True):
+    """The summed log-probabilities of the labelled next tokens, with one mistake by option."""
+    if shift:
+        logits, shifted = logits[:, :-shift], labels[:, shift:]
+    else:
+        shifted = labels
+    keep = (shifted if shift_mask else labels[:, :shifted.shape[1]]) != -100
+    if not mask:
+        keep = torch.ones_like(keep)
+    table = torch.log_softmax(logits, dim=-1) if scores == "log_softmax" else logits
+    picked = table.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+    return picked.sum(-1) / keep.sum(-1) if reduce == "mean" else picked.sum(-1)
+
+
+def logprobs_include_prompt_and_padding(logits, labels):
+    return _logprobs(logits, labels, mask=False)
+
+
+def logprobs_mean_not_sum(logits, labels):
+    return _logprobs(logits, labels, reduce="mean")
+
+
+def logprobs_not_shifted(logits, labels):
+    return _logprobs(logits, labels, shift=0)
+
+
+def logprobs_shifted_twice(logits, labels):
+    return _logprobs(logits[:, :-1], labels[:, 1:])  # the caller's labels were already aligned
+
+
+def logprobs_mask_not_shifted(logits, labels):
+    return _logprobs(logits, labels, shift_mask=False)
+
+
+def logprobs_cross_entropy(logits, labels):
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+    return loss.sum(-1)  # the negative log-likelihood, not the log-probability
+
+
+def logprobs_raw_logits(logits, labels):
+    return _logprobs(logits, labels, scores="raw")
+
+
+def logprobs_summed_over_the_batch(logits, labels):
+    return _logprobs(logits, labels).sum()
+
+
+def logprobs_labels_in_place(logits, labels):
+    mask = labels != -100
+    labels[~mask] = 0  # gather needs valid ids: changes the caller's batch
+    picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (picked * mask[:, 1:]).sum(-1)
+
+
+@torch.no_grad()
+def logprobs_without_gradients(logits, labels):
+    return _logprobs(logits, labels)
+
+
+def _dpo(pc, pr, rc, rr, beta, *, sign=1, loss_beta=1.0, detach=True, reference=True, reduce="mean",
+         reward_beta=True, loss_from_rewards=False, mean_rewards=False):
+    chosen = (pc - rc) if reference else pc
+    rejected = (pr - rr) if reference else pr
+    r_chosen, r_rejected = beta * chosen, beta * rejected
+    if loss_from_rewards:
+        r_chosen, r_rejected = r_chosen.detach(), r_rejected.detach()
+    losses = -F.logsigmoid(sign * loss_beta * (r_chosen - r_rejected))
+    loss = losses.mean() if reduce == "mean" else losses.sum()
+    out_chosen, out_rejected = (r_chosen, r_rejected) if reward_beta else (chosen, rejected)
+    if detach:
+        out_chosen, out_rejected = out_chosen.detach(), out_rejected.detach()
+    if mean_rewards:
+        out_chosen, out_rejected = out_chosen.mean(), out_rejected.mean()
+    return loss, out_chosen, out_rejected
+
+
+def dpo_margin_flipped(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, sign=-1)
+
+
+def dpo_beta_twice(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, loss_beta=beta)
+
+
+def dpo_rewards_not_detached(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, detach=False)
+
+
+def dpo_without_the_reference(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, reference=False)
+
+
+def dpo_sum_over_pairs(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, reduce="sum")
+
+
+def dpo_rewards_without_beta(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, reward_beta=False)
+
+
+def dpo_loss_from_detached_rewards(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, loss_from_rewards=True)
+
+
+def dpo_mean_rewards(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    return _dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, mean_rewards=True)
+
+
+def _forward_logprobs(model, batch):
+    from ftlib.generative.preference import completion_logprobs
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return completion_logprobs(logits, batch["labels"])
+
+
+def reference_adapter_on(model, batch):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = _forward_logprobs(model.get_base_model(), batch)  # the adapter's layers are still in it
+    model.train(was_training)
+    return out
+
+
+def reference_with_gradients(model, batch):
+    was_training = model.training
+    model.eval()
+    with model.disable_adapter():
+        out = _forward_logprobs(model, batch).detach()  # the graph was built all the same
+    model.train(was_training)
+    return out
+
+
+def reference_adapter_left_disabled(model, batch):
+    was_training = model.training
+    model.eval()
+    model.disable_adapter_layers()
+    with torch.no_grad():
+        out = _forward_logprobs(model, batch)
+    model.train(was_training)
+    return out
+
+
+def reference_in_train_mode(model, batch):
+    with torch.no_grad(), model.disable_adapter():
+        return _forward_logprobs(model, batch)
+
+
+def reference_leaves_eval_mode(model, batch):
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        return _forward_logprobs(model, batch)
+
+
+def reference_always_back_to_train(model, batch):
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        out = _forward_logprobs(model, batch)
+    model.train()
+    return out
+
+
+def reference_unloads_the_adapter(model, batch):
+    was_training = model.training
+    base = model.unload()  # removes the LoRA layers for good
+    base.eval()
+    with torch.no_grad():
+        out = _forward_logprobs(base, batch)
+    model.train(was_training)
+    return out
+
+
+def accuracy_ties_count_as_right(chosen_rewards, rejected_rewards):
+    return (chosen_rewards >= rejected_rewards).float().mean().item()
+
+
+def accuracy_as_a_tensor(chosen_rewards, rejected_rewards):
+    return (chosen_rewards > rejected_rewards).float().mean()
+
+
+def accuracy_a_count(chosen_rewards, rejected_rewards):
+    return float((chosen_rewards > rejected_rewards).sum())
+
+
+def accuracy_reversed(chosen_rewards, rejected_rewards):
+    return (chosen_rewards < rejected_rewards).float().mean().item()
+
+
+def accuracy_of_the_means(chosen_rewards, rejected_rewards):
+    return float(chosen_rewards.mean() > rejected_rewards.mean())
+
+
+WRONG_PREFERENCE = {
+    "completion_logprobs": [("the prompt and padding counted", logprobs_include_prompt_and_padding),
+                            ("mean instead of sum", logprobs_mean_not_sum),
+                            ("the shift missing", logprobs_not_shifted),
+                            ("shifted twice", logprobs_shifted_twice),
+                            ("the mask not shifted with the labels", logprobs_mask_not_shifted),
+                            ("the cross-entropy: negative", logprobs_cross_entropy),
+                            ("raw logits, no log_softmax", logprobs_raw_logits),
+                            ("summed over the batch too", logprobs_summed_over_the_batch),
+                            ("labels modified in place", logprobs_labels_in_place),
+                            ("no gradients", logprobs_without_gradients)],
+    "dpo_loss": [("the margin's sign flipped", dpo_margin_flipped), ("beta applied twice", dpo_beta_twice),
+                 ("rewards not detached", dpo_rewards_not_detached),
+                 ("no reference", dpo_without_the_reference), ("sum over pairs", dpo_sum_over_pairs),
+                 ("rewards without beta", dpo_rewards_without_beta),
+                 ("loss from the detached rewards", dpo_loss_from_detached_rewards),
+                 ("mean rewards, not one per pair", dpo_mean_rewards)],
+    "reference_logprobs": [("the adapter on (get_base_model)", reference_adapter_on),
+                           ("computed with gradients", reference_with_gradients),
+                           ("the adapter left disabled", reference_adapter_left_disabled),
+                           ("in train mode", reference_in_train_mode),
+                           ("leaves the model in eval mode", reference_leaves_eval_mode),
+                           ("always back to train mode", reference_always_back_to_train),
+                           ("unloads the adapter", reference_unloads_the_adapter)],
+    "preference_accuracy": [("ties count as right", accuracy_ties_count_as_right),
+                            ("a tensor, not a float", accuracy_as_a_tensor), ("a count, not a share", accuracy_a_count),
+                            ("reversed", accuracy_reversed), ("compares the mean rewards", accuracy_of_the_means)],
+}
+
+WRONG.update(WRONG_PREFERENCE)
