@@ -1,8 +1,11 @@
 """`make bench` runs bench/run_all.py: every benchmark it names must exist and be runnable."""
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -36,3 +39,14 @@ def test_unknown_benchmark_is_a_usage_error():
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "nope"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "unknown benchmark(s) nope" in r.stderr
+
+
+def test_a_benchmark_that_cannot_run_here_is_reported_skipped_not_ok():
+    """The DPO cross-check needs TRL, which the course environment lacks: run_all listed it "ok"."""
+    if importlib.util.find_spec("trl") is not None:
+        pytest.skip("TRL is installed here: the cross-check would run")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "llm" / "dpo_vs_trl.py")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == run_all.SKIPPED and r.stdout.startswith("SKIPPED: TRL is not installed"), r
+    assert run_all.result(r.returncode) == "skipped (see its output)"
+    assert run_all.result(0) == "ok" and run_all.result(1) == "FAILED (1)"

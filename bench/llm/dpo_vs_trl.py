@@ -31,7 +31,8 @@ loss over the trained parameters (ftlib's ``PreferenceModel`` and its loss, as `
 against ``compute_loss(...).backward()``). Prints a table and the
 largest absolute differences and writes ``bench/records/dpo-vs-trl-<date>-<cpu>.json``; exit
 status 1 if a difference exceeds its tolerance (`TOLERANCE`). Needs TRL (not in the course
-environment): without it, it says so and exits 0, running nothing.
+environment): without it, it says so and exits 77 (skipped, as ``bench/run_all.py`` reads it),
+running nothing.
 
     python3.11 -m venv /work/trl-venv
     /work/trl-venv/bin/pip install torch==2.13.0
@@ -72,6 +73,7 @@ BETA = 0.1
 # layer and ftlib's labelled-rows one round differently in the last bits.
 # Gradients: the largest difference over the largest gradient, of the trained parameters.
 TOLERANCE = {"logps": 2e-3, "ref_logps": 2e-3, "rewards": 2e-4, "loss": 2e-5, "gradients": 1e-4}
+SKIPPED = 77  # exit status without TRL: bench/run_all.py reports the benchmark as skipped, not as ok
 
 # (prompt, chosen, rejected): the tiny cases' pairs (tests/test_generative_preference.py's).
 TINY_PAIRS = [("Headline: rain in Leeds?", "Leeds floods after storm", "It rained a lot in the city of Leeds today."),
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     if version is None:
         print("SKIPPED: TRL is not installed in this interpreter (the course environment has none); run this "
               "script with an environment that has trl==1.16.0, see its docstring.")
-        return 0
+        return SKIPPED
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from headline import ROOT, RECORDS, _slug, machine
 
