@@ -254,6 +254,15 @@ def as_int(value: Any, what: str) -> int:
                        "Return a plain Python int, e.g. int(x) or tensor.item().")
 
 
+def as_int_list(value: Any, what: str) -> list[int]:
+    """A list of Python ints, as a tokenizer gives token ids (no tensors, arrays or NumPy ints)."""
+    expect(isinstance(value, list), f"{what} should be a list of ints.", "list", type(value).__name__,
+           "Build it with Python lists, as tokenizer(...)['input_ids'] gives them (the collator makes the tensors).")
+    expect(all(type(v) is int for v in value), f"{what} should hold Python ints.", "int",
+           sorted({type(v).__name__ for v in value}), "Use tokenizer(...)['input_ids'], which gives plain ints.")
+    return list(value)
+
+
 def as_float(value: Any, what: str) -> float:
     """A plain float from a float/int, a NumPy scalar or a 0-d tensor (exact types only)."""
     if type(value) in (float, int):

@@ -16,7 +16,7 @@ import re
 import torch
 from torch import nn
 
-from ftlib.checks._common import CheckFailure, as_float, call, error_text, expect, first_difference, quiet
+from ftlib.checks._common import CheckFailure, as_float, as_int_list, call, error_text, expect, first_difference, quiet
 from ftlib.checks.remote import observe
 from ftlib.generative import chat as reference_chat
 from ftlib.generative import decoding as reference_decoding
@@ -88,21 +88,13 @@ def _chat_cases(tok, thorough: bool) -> list[tuple[list[dict], int]]:
 _NO_ROOM = (_conversation("Hi", "A reply much too long to fit in thirty tokens, even alone.", system="Be brief."), 30)
 
 
-def _ints(value, what: str) -> list[int]:
-    expect(isinstance(value, list), f"{what} should be a list of ints.", "list", type(value).__name__,
-           "Build it with Python lists, as tokenizer(...)['input_ids'] gives them.")
-    expect(all(type(v) is int for v in value), f"{what} should hold Python ints.", "int",
-           sorted({type(v).__name__ for v in value}), "Use tokenizer(...)['input_ids'] and plain lists of ints.")
-    return list(value)
-
-
 def _chat_example(result, label: str) -> dict:
     expect(isinstance(result, dict), f"build_chat_example should return a dict ({label}).", "dict",
            type(result).__name__)
     keys = {"input_ids", "attention_mask", "labels"}
     expect(keys <= set(result), f"build_chat_example's dict lacks entries ({label}).", sorted(keys),
            sorted(map(str, result)))
-    out = {k: _ints(result[k], f"{k} ({label})") for k in sorted(keys)}
+    out = {k: as_int_list(result[k], f"{k} ({label})") for k in sorted(keys)}
     expect(len(out["input_ids"]) == len(out["attention_mask"]) == len(out["labels"]),
            f"input_ids, attention_mask and labels should have the same length ({label}).",
            "equal lengths", [len(out[k]) for k in ("input_ids", "attention_mask", "labels")])
@@ -696,13 +688,7 @@ def probe_rouge_l(rouge_l, *, thorough: bool = False) -> list[float]:
 
 def _lcs_f1(p: list, r: list) -> dict[str, float]:
     """F1, precision and recall of the longest common subsequence of two token lists (0 when either is empty)."""
-    previous = [0] * (len(r) + 1)
-    for x in p:
-        current = [0]
-        for j, y in enumerate(r):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    lcs = previous[-1]
+    lcs = reference_metrics.lcs_length(p, r)
     if lcs == 0:
         return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
     precision, recall = lcs / len(p), lcs / len(r)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ftlib.generative import sft as reference
-from ftlib.checks._common import error_text, CheckFailure, as_float, call, expect, first_difference, quiet
+from ftlib.checks._common import error_text, CheckFailure, as_float, as_int_list, call, expect, first_difference, quiet
 from ftlib.checks.remote import observe
 
 __all__ = ["check_build_sft_example", "check_collate_sft", "check_causal_lm_loss", "check_score_choices",
@@ -36,21 +36,13 @@ def _tokenizer():
     return tiny_chat_tokenizer()
 
 
-def _ints(value, what: str) -> list[int]:
-    expect(isinstance(value, list), f"{what} should be a list of ints.", "list", type(value).__name__,
-           "Build it with Python lists (the collator turns them into tensors).")
-    expect(all(type(v) is int for v in value), f"{what} should hold Python ints.", "int",
-           sorted({type(v).__name__ for v in value}), "Use tokenizer(...)['input_ids'], which gives ints.")
-    return list(value)
-
-
 def _example(result, label: str) -> dict:
     expect(isinstance(result, dict), f"build_sft_example should return a dict ({label}).", "dict",
            type(result).__name__)
     keys = {"input_ids", "attention_mask", "labels"}
     expect(keys <= set(result), f"build_sft_example's dict lacks entries ({label}).", sorted(keys),
            sorted(map(str, result)))
-    out = {k: _ints(result[k], f"{k} ({label})") for k in keys}
+    out = {k: as_int_list(result[k], f"{k} ({label})") for k in keys}
     expect(len(out["input_ids"]) == len(out["attention_mask"]) == len(out["labels"]),
            f"input_ids, attention_mask and labels should have the same length ({label}).",
            "equal lengths", [len(out[k]) for k in ("input_ids", "attention_mask", "labels")])

@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-__all__ = ["words", "rouge_n", "rouge_l", "rouge_scores"]
+__all__ = ["words", "lcs_length", "rouge_n", "rouge_l", "rouge_scores"]
 
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -50,8 +50,12 @@ def rouge_n(prediction: str, reference: str, n: int = 1) -> float:
     return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
 
 
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence, one row of the dynamic programme at a time."""
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two sequences, one row of the dynamic programme at a time.
+
+    >>> lcs_length("man arrested after car crash".split(), "police arrest man after crash".split())
+    3
+    """
     previous = [0] * (len(b) + 1)
     for x in a:
         current = [0]
@@ -68,7 +72,7 @@ def rouge_l(prediction: str, reference: str) -> float:
     0.6
     """
     p, r = words(prediction), words(reference)
-    return _f1(_lcs_length(p, r), len(p), len(r))
+    return _f1(lcs_length(p, r), len(p), len(r))
 
 
 def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
