@@ -146,13 +146,19 @@ def main(argv: list[str] | None = None) -> int:
         score = f"test ROUGE-L {job['test_rougeL']:.4f}" if "test_rougeL" in job else \
             f"test accuracy {job['test_accuracy']:.4f}"
         print(f"  {score}, {job['wall_seconds']:.0f} s, {job['peak_memory_mb']:,.0f} MB", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     some = "" if set(args.jobs) == set(JOBS) else "-" + "-".join(args.jobs)
-    path = args.out / f"headline-{record['date']}-{_slug(record['machine']['cpu'])}{some}.json"
+    write_record(record, args.out, "headline", some)
+    return 0
+
+
+def write_record(record: dict, folder: Path, kind: str, suffix: str = "") -> Path:
+    """``record`` as ``<folder>/<kind>-<date>-<cpu><suffix>.json``, the name scripts/write_results.py reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}-{record['date']}-{_slug(record['machine']['cpu'])}{suffix}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}; "
           "now run scripts/write_results.py")
-    return 0
+    return path
 
 
 if __name__ == "__main__":

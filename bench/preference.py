@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from headline import ROOT, RECORDS, _slug, machine  # noqa: E402
+from headline import ROOT, RECORDS, machine, write_record  # noqa: E402
 
 SEEDS = (0, 1, 2)
 MODEL = "smollm2-135m"
@@ -161,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only the registered figures (the default model on bbc-headlines) go to bench/records by default.
     registered = args.model == MODEL and args.data is None
     out = args.out or (RECORDS if registered else Path(tempfile.mkdtemp(prefix="ftlib-preference-record-")))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"preference-{record['date']}-{_slug(record['machine']['cpu'])}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}; "
-          "now run scripts/write_results.py")
+    write_record(record, out, "preference")
     return 0
 
 
