@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {score}, {job['wall_seconds']:.0f} s, {job['peak_memory_mb']:,.0f} MB", flush=True)
     some = "" if set(args.jobs) == set(JOBS) else "-" + "-".join(args.jobs)
     write_record(record, args.out, "headline", some)
+    print("now run scripts/write_results.py")
     return 0
 
 
@@ -156,8 +157,7 @@ def write_record(record: dict, folder: Path, kind: str, suffix: str = "") -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{kind}-{record['date']}-{_slug(record['machine']['cpu'])}{suffix}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}; "
-          "now run scripts/write_results.py")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path
 
 

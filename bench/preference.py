@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     registered = args.model == MODEL and args.data is None
     out = args.out or (RECORDS if registered else Path(tempfile.mkdtemp(prefix="ftlib-preference-record-")))
     write_record(record, out, "preference")
+    print("now run scripts/write_results.py")
     return 0
 
 

@@ -49,7 +49,6 @@ import copy
 import datetime
 import importlib.util
 import io
-import json
 import logging
 import os
 import subprocess
@@ -484,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
               "script with an environment that has trl==1.16.0, see its docstring.")
         return SKIPPED
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from headline import ROOT, RECORDS, _slug, machine
+    from headline import ROOT, RECORDS, machine, write_record
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -525,11 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     record["agree"] = not failed
     print("\nlargest |ftlib - TRL| over every case: " +
           ", ".join(f"{g} {d:.2e} (tolerance {TOLERANCE[g]:g})" for g, d in worst.items()))
-    out = args.out or RECORDS
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"dpo-vs-trl-{record['date']}-{_slug(info['cpu'])}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    write_record(record, args.out or RECORDS, "dpo-vs-trl")
     if failed:
         print("DISAGREEMENT:\n  " + "\n  ".join(failed))
         return 1

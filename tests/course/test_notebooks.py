@@ -1,9 +1,9 @@
 """The course notebooks: structure (fast), then execution, generation and nbgrader validation (slow)."""
 import json
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
