@@ -140,8 +140,9 @@ def _cmd_datasets(args) -> int:
 # Technique options on the command line: flag -> (technique, option name).
 _TECHNIQUE_FLAGS = {"alpha": ("l2sp", "alpha"), "layer_decay": ("discriminative", "layer_decay"),
                     "lora_rank": ("lora", "r"), "frozen_blocks": ("partial", "frozen_blocks")}
-# A generative model's preference tuning (ftlib.generative.preference holds the default).
-_PREFERENCE_FLAGS = {"beta": ("dpo", "beta")}
+# A generative model's preference tuning (ftlib.generative.preference and ftlib.config.PREFERENCE
+# hold the defaults); a flag may apply to several techniques.
+_PREFERENCE_FLAGS = {"beta": ("dpo", "beta"), "sft_weight": (("dpo", "simpo"), "sft_weight")}
 
 
 def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
@@ -151,10 +152,13 @@ def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
         value = getattr(args, flag, None)
         if value is None:
             continue
-        if technique not in techniques:
-            raise ValueError(f"--{flag.replace('_', '-')} applies to the {technique!r} technique, which is not "
+        applies = (technique,) if isinstance(technique, str) else technique
+        if not set(applies) & set(techniques):
+            what = " or ".join(repr(t) for t in applies)
+            raise ValueError(f"--{flag.replace('_', '-')} applies to the {what} technique, which is not "
                              f"being run (techniques: {', '.join(techniques)}).")
-        options.setdefault(technique, {})[name] = value
+        for t in set(applies) & set(techniques):
+            options.setdefault(t, {})[name] = value
     return options
 
 
@@ -374,6 +378,7 @@ def _non_negative_float(text: str) -> float:
 
 def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
     # The defaults are the registry's (its modules import torch only when a technique runs).
+    from ftlib.config import PREFERENCE
     from ftlib.techniques import TECHNIQUES
     from ftlib.techniques.adapters import GENERATIVE_RANK
 
@@ -391,6 +396,9 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=_positive_float,
                         help="dpo: how far the policy may move from the reference for a margin (smaller: farther; "
                              "default: the DPO paper's, ftlib.generative.preference.DPO_BETA)")
+    parser.add_argument("--sft-weight", type=_non_negative_float,
+                        help="dpo, simpo: weight of an SFT term on the chosen answers, which keeps them likely "
+                             f"(RPO; CPO-SimPO); 0 for the papers' losses alone (default {PREFERENCE['sft_weight']})")
 
 
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # ftlib.devices.PRECISIONS

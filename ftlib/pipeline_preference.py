@@ -10,9 +10,14 @@ made them (``train.jsonl``, ``val.jsonl``, ``test.jsonl`` in TRL's format, and `
 The starting model is the registered one or, with ``--from RUN``, a fine-tuned run (an
 SFT run of ``bbc-headlines``, say): its adapter is folded into the weights, which become
 the reference, and a new LoRA adapter learns the preferences (``--technique dpo``, or
-``simpo``, reference-free). The run reports, before and after, on held-out pairs: the
-preference accuracy (how often the chosen answer is the more likely one; after training,
-how often its implicit reward is the higher) and the mean margin; for ``bbc-headlines`` the
+``simpo``, reference-free). By default (``ftlib.config.PREFERENCE``) the loss adds an SFT term
+on the chosen answers (``--sft-weight``, 1: RPO for DPO, CPO-SimPO for SimPO), which keeps the
+model writing good answers while it learns the preference, and activations are recomputed in
+the backward pass, which keeps two sequences a step within memory.
+
+The run reports, before and after, on held-out pairs: the preference accuracy (how often the
+chosen answer is the more likely one; after training, how often its implicit reward is the
+higher) and the mean margin; for ``bbc-headlines`` the
 ROUGE-L of the headlines written for the test articles against the real ones; and the
 learning curves of the rewards (``preference_curves.png``, every step). ``metrics.json``,
 ``examples.json``, ``adapter/`` and, with ``--merge``, ``merged/`` as the other generative jobs.
@@ -24,7 +29,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from ftlib.config import GENERATION_BATCH_SIZE
+from ftlib.config import GENERATION_BATCH_SIZE, PREFERENCE
 from ftlib.pipeline_llm import GenerativeJob, chat_splits, short, text_scores, with_system
 
 __all__ = ["finetune_preferences", "self_play_pairs", "score_pairs"]
@@ -171,6 +176,7 @@ def finetune_preferences(cfg, *, log=print) -> dict:
     tokenizer, log = job.tokenizer, job.log
     method = cfg.technique
     beta = float(cfg.technique_options.get("beta", PreferenceModel.default_beta(method)))
+    sft_weight = float(cfg.technique_options.get("sft_weight", PREFERENCE["sft_weight"]))
 
     reference_texts = None
     if cfg.data is None or not looks_like_pairs(cfg.data):  # self-play pairs of instruction data
@@ -216,18 +222,25 @@ def finetune_preferences(cfg, *, log=print) -> dict:
         + (f"; headlines ROUGE-L {before_rouge['rougeL']:.4f}" if before_rouge else ""))
 
     job.adapt()
+    if PREFERENCE["activation_checkpointing"]:  # two sequences a step: recompute activations, hold fewer
+        job.model.activation_checkpointing_enable()
     train_pairs, val_pairs, test_pairs = (examples[k][0] for k in ("train", "val", "test"))
     if method == "dpo":  # the reference's log-probabilities, once, before the adapter learns anything
         train_pairs, val_pairs, test_pairs = (with_reference(job.model, p, tokenizer.pad_token_id,
                                                              batch_size=2 * cfg.batch_size)
                                               for p in (train_pairs, val_pairs, test_pairs))
-    policy = PreferenceModel(job.model, method=method, beta=beta)
+    policy = PreferenceModel(job.model, method=method, beta=beta, sft_weight=sft_weight)
     train_loader = PreferenceLoader(train_pairs, tokenizer.pad_token_id, batch_size=cfg.batch_size, shuffle=True,
                                     seed=cfg.seed)
     val_loader = PreferenceLoader(val_pairs, tokenizer.pad_token_id, batch_size=2 * cfg.batch_size)
     what = f"DPO, beta {beta:g}" if method == "dpo" else f"SimPO, beta {beta:g}, margin {policy.gamma:g}"
-    history = job.train_on(policy, train_loader, val_loader, loss_fn=policy.loss,
-                           learned=f"{what}; the reference is the model with its adapter off")
+    if sft_weight:
+        what += f", plus {sft_weight:g} x the chosen answers' SFT loss ({'RPO' if method == 'dpo' else 'CPO-SimPO'})"
+    if method == "dpo":
+        what += "; the reference is the model with its adapter off"
+    if PREFERENCE["activation_checkpointing"]:
+        what += "; activations recomputed in the backward pass (less memory, more time)"
+    history = job.train_on(policy, train_loader, val_loader, loss_fn=policy.loss, learned=what)
     for e in history.to_list():
         log(f"      epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}, preference accuracy "
             f"{e['train_accuracy']:.3f} | validation loss {e['val_loss']:.4f}, preference accuracy "
@@ -262,7 +275,7 @@ def finetune_preferences(cfg, *, log=print) -> dict:
     splits = SimpleNamespace(train=train_pairs, val=val_pairs, test=test_pairs)
     test = {**after, "rouge": after_rouge}
     metrics = {**job.metrics(splits, history, test, before={**before, "rouge": before_rouge}, method=method,
-                             beta=beta, from_run=cfg.from_run, skipped_too_long=skipped, pairs=pairs_folder),
+                             beta=beta, sft_weight=sft_weight, from_run=cfg.from_run, skipped_too_long=skipped, pairs=pairs_folder),
                "steps": policy.steps}
     written = job.save()
     return job.finish(metrics, history, test, None, written, str(job.run.out / "preference_curves.png"))

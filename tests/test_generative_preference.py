@@ -201,3 +201,57 @@ def test_simpo_trains_without_a_reference(tiny):
     assert simpo.loss(rewards, torch.tensor([0])).item() == pytest.approx(-F.logsigmoid(torch.tensor(0.2 - 0.5)).item())
     with pytest.raises(ValueError, match="method must be one of"):
         pref.PreferenceModel(lora, method="ppo")
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo"])
+def test_the_sft_term_adds_the_chosen_answers_nll_per_token(tiny, method):
+    """RPO / CPO-SimPO: the loss is the preference loss plus sft_weight x the chosen answers' NLL,
+    averaged over every chosen token of the batch (TRL's nll_loss), computed here token by token."""
+    model, tokenizer = tiny
+    lora = _lora(model, std=0.05)
+    pairs = pref.with_reference(lora, _pairs(tokenizer), tokenizer.pad_token_id)
+    batch = next(iter(pref.PreferenceLoader(pairs, tokenizer.pad_token_id, batch_size=4)))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    plain = pref.PreferenceModel(lora, method=method).eval()
+    rpo = pref.PreferenceModel(lora, method=method, sft_weight=0.7).eval()
+    with torch.no_grad():
+        base = plain.loss(plain(**inputs), batch["labels"]).item()
+        with_term = rpo.loss(rpo(**inputs), batch["labels"]).item()
+        chosen = {k: batch[k][:, 0] for k in ("input_ids", "attention_mask", "answer_labels")}
+        logits = lora(input_ids=chosen["input_ids"], attention_mask=chosen["attention_mask"]).logits
+    total, tokens = 0.0, 0
+    for row in range(4):
+        for t in range(logits.shape[1] - 1):
+            target = chosen["answer_labels"][row, t + 1].item()
+            if target != sft.IGNORE_INDEX:
+                total -= torch.log_softmax(logits[row, t].double(), -1)[target].item()
+                tokens += 1
+    assert with_term == pytest.approx(base + 0.7 * total / tokens, abs=1e-4)
+    assert with_term > base + 0.1  # the term is really there: tiny Llama's NLL is ~ log(vocabulary)
+    with pytest.raises(ValueError, match="sft_weight must be a number >= 0"):
+        pref.PreferenceModel(lora, sft_weight=-1.0)
+    with pytest.raises(RuntimeError, match="forward"):
+        rpo.loss(torch.zeros(4, 2), batch["labels"])  # its last forward was used up by the loss above
+
+
+@pytest.mark.slow  # a training run: make test, not test-fast
+def test_the_sft_term_keeps_the_chosen_answers_likely(tiny):
+    """Plain DPO may win the margin by making both answers unlikely; the SFT term holds the chosen up."""
+    model, tokenizer = tiny
+    chosen_logprob = {}
+    for weight in (0.0, 1.0):
+        lora = _lora(model, std=0.0)
+        pairs = pref.with_reference(lora, _pairs(tokenizer), tokenizer.pad_token_id)
+        loader = pref.PreferenceLoader(pairs, tokenizer.pad_token_id, batch_size=2, shuffle=True, seed=0)
+        policy = pref.PreferenceModel(lora, beta=0.1, sft_weight=weight)
+        optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=5e-3)
+        fit(policy, loader, epochs=6, optimizer=optimizer, loss_fn=policy.loss, seed=0, progress=False,
+            schedule="constant")
+        policy.eval()
+        with torch.no_grad():
+            rewards = torch.cat([policy(**{k: v for k, v in b.items() if k != "labels"})
+                                 for b in pref.PreferenceLoader(pairs, tokenizer.pad_token_id, batch_size=4)])
+        chosen_logprob[weight] = rewards[:, 0].mean().item()  # beta x (policy - reference) of the chosen
+        model = lora.unload()  # the adapter off and away: the next run starts from the same weights
+    assert chosen_logprob[1.0] > chosen_logprob[0.0] + 0.05, chosen_logprob
+    assert chosen_logprob[1.0] > 0  # with the term, the real answers became more likely than under the reference

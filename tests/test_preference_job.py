@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ftlib.config import FinetuneConfig
+from ftlib.config import PREFERENCE, FinetuneConfig
 from ftlib.pipeline import finetune
 
 TOPICS = ["rain", "rates", "phones", "football", "films", "trains", "schools", "banks", "music", "farms", "roads",
@@ -54,6 +54,8 @@ def test_dpo_on_pairs_reports_before_and_after_and_the_reward_curves(tmp_path, c
                        max_length=200, out=str(out), progress=False, log=lines.append)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["method"] == "dpo" and saved["beta"] == 0.1
+    assert saved["sft_weight"] == PREFERENCE["sft_weight"] == 1.0  # the job's default: DPO with the SFT term (RPO)
+    assert any(line.startswith("[5/7]") and "RPO" in line and "recomputed" in line for line in lines)
     for key in ("likelihood_accuracy", "per_token_accuracy", "logprob_lead", "num_pairs"):
         assert key in saved["before"] and key in saved["test"]
     assert saved["pairs"] is None  # the user's own pairs: nothing made or cached
@@ -138,6 +140,17 @@ def test_cli_dpo_takes_beta_and_from(tmp_path, cache, capsys):
     code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--technique", "simpo", "--beta", "0.3",
                  "--quiet", "--out", str(tmp_path / "x")])
     assert code == 2 and "--beta applies to the 'dpo' technique" in capsys.readouterr().err
+    code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--technique", "simpo", "--sft-weight", "0",
+                 "--val-size", "3", "--test-size", "3", "--max-length", "200", "--quiet", "--out", str(tmp_path / "s")])
+    assert code == 0 and json.loads((tmp_path / "s" / "metrics.json").read_text())["sft_weight"] == 0.0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--sft-weight", "-1", "--quiet"])
+    assert exit_.value.code == 2 and "expected a number >= 0, got '-1'" in capsys.readouterr().err
+    chats = _jsonl(tmp_path / "chats.jsonl", CHATS)
+    code = main(["finetune", "--model", "tiny-llama", "--data", str(chats), "--technique", "lora", "--sft-weight", "1",
+                 "--quiet", "--out", str(tmp_path / "z")])
+    assert code == 2 and "--sft-weight applies to the 'dpo' or 'simpo' technique" in capsys.readouterr().err
     code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--from", str(tmp_path / "nowhere"),
                  "--quiet", "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err

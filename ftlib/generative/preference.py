@@ -20,6 +20,14 @@ log-probabilities are computed once, before training, and stored with each pair
 **SimPO** (Meng et al. 2024) drops the reference: the reward is the answer's *mean*
 log-probability per token times ``beta``, and the margin must exceed ``gamma``.
 
+**An SFT term** (``sft_weight``): both losses only ask that the chosen answer beat the
+rejected one, which a model can also get by making *both* unlikely, until it writes neither
+well. Adding ``sft_weight`` times the chosen answers' negative log-likelihood per token (the
+SFT loss on the chosen answers) keeps the chosen answers likely: RPO (Pang et al. 2024; TRL's
+``rpo_alpha``) for DPO, CPO-SimPO (TRL's ``cpo_alpha``) for SimPO. Off (0) by default here, so
+the class computes the losses as their papers write them; ``ftlib finetune`` turns it on
+(``ftlib.config.PREFERENCE``).
+
 **Reading the curves.** The preference accuracy (the share of pairs whose chosen reward is
 higher) and the margin should rise. The chosen reward often *falls* while the margin rises:
 DPO lowers both answers' likelihood, the rejected one faster; a falling chosen reward is
@@ -49,12 +57,13 @@ from torch.nn import functional as F
 from ftlib import arguments
 from ftlib.generative.sft import IGNORE_INDEX, collate_sft, end_of_turn_id, labelled_logits, pad_to_multiple, prompt_ids
 
-__all__ = ["DPO_BETA", "SIMPO_BETA", "SIMPO_GAMMA", "completion_logprobs", "dpo_loss", "simpo_loss",
+__all__ = ["DPO_BETA", "SIMPO_BETA", "SIMPO_GAMMA", "SFT_WEIGHT", "completion_logprobs", "dpo_loss", "simpo_loss",
            "reference_logprobs", "preference_accuracy", "build_preference_example", "collate_preferences",
            "sequence_logprobs", "with_reference", "PreferenceModel", "PreferenceLoader", "preference_metrics"]
 
 DPO_BETA = 0.1  # the DPO paper's and TRL's default
 SIMPO_BETA, SIMPO_GAMMA = 2.0, 0.5  # SimPO's defaults (reward scale; target margin)
+SFT_WEIGHT = 0.0  # no SFT term: DPO and SimPO as their papers write them (TRL's rpo_alpha None)
 
 
 # The four exercises of notebook 11, written out ----------------------------------------------
@@ -239,17 +248,25 @@ class PreferenceModel(nn.Module):
     so with ``fit(..., loss_fn=model.loss)`` fit's loss is the DPO (or SimPO) loss and its
     accuracy the preference accuracy. In training mode every step's mean rewards, margin
     and accuracy are appended to :attr:`steps`.
+
+    With ``sft_weight`` > 0 the loss adds that weight times the chosen answers' mean negative
+    log-likelihood per token (RPO for DPO, CPO-SimPO for SimPO): :meth:`forward` keeps it for
+    :meth:`loss`, which fit calls next on the same batch.
     """
 
     def __init__(self, model: nn.Module, *, method: str = "dpo", beta: float | None = None,
-                 gamma: float = SIMPO_GAMMA) -> None:
+                 gamma: float = SIMPO_GAMMA, sft_weight: float = SFT_WEIGHT) -> None:
         super().__init__()
         arguments.one_of(method, "method", ("dpo", "simpo"))
         self.model, self.method = model, method
         self.beta = float(beta if beta is not None else self.default_beta(method))
         arguments.number(self.beta, "beta")
         self.gamma = float(gamma)
+        self.sft_weight = float(sft_weight)
+        if not self.sft_weight >= 0:
+            raise ValueError(f"sft_weight must be a number >= 0 (0: no SFT term); got {sft_weight!r}.")
         self.steps: list[dict] = []
+        self._chosen_nll: torch.Tensor | None = None
 
     @staticmethod
     def default_beta(method: str) -> float:
@@ -263,6 +280,8 @@ class PreferenceModel(nn.Module):
         sums, counts = sequence_logprobs(self.model, input_ids.flatten(0, 1), attention_mask.flatten(0, 1),
                                          answer_labels.flatten(0, 1))
         sums, counts = sums.view(b, 2), counts.view(b, 2)
+        # The chosen answers' NLL per token over the batch (TRL's nll_loss), for the SFT term.
+        self._chosen_nll = -sums[:, 0].sum() / counts[:, 0].sum().clamp(min=1)
         if self.method == "simpo":
             return self.beta * sums / counts.clamp(min=1)
         if reference is None:
@@ -280,10 +299,17 @@ class PreferenceModel(nn.Module):
 
     def loss(self, rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """fit's ``loss_fn``: cross-entropy of the two-way choice, ``-log sigmoid(r_chosen - r_rejected)``
-        for DPO, and less SimPO's target margin ``gamma`` for SimPO."""
+        for DPO, and less SimPO's target margin ``gamma`` for SimPO; plus ``sft_weight`` times the
+        chosen answers' NLL per token of the batch :meth:`forward` last saw."""
         if self.method == "simpo":
             rewards = rewards + torch.tensor([0.0, self.gamma], device=rewards.device, dtype=rewards.dtype)
-        return F.cross_entropy(rewards, labels)
+        loss = F.cross_entropy(rewards, labels)
+        if self.sft_weight:
+            if self._chosen_nll is None:
+                raise RuntimeError("PreferenceModel.loss with an SFT term needs forward() on the batch first.")
+            loss = loss + self.sft_weight * self._chosen_nll.to(loss.dtype)
+        self._chosen_nll = None
+        return loss
 
 
 def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
