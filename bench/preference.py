@@ -108,7 +108,8 @@ def one_seed(base: list[str], seed: int, work: Path) -> dict:
             "held_out_articles": sft["test_size"], "train_pairs": dpo["train_size"],
             "start_scoring_peak_memory_mb": start["peak_memory_mb"],
             "jobs": {"sft": _job(sft), "dpo": _job(dpo), "simpo": _job(simpo)},
-            "beta": {"dpo": dpo["beta"], "simpo": simpo["beta"]}}
+            "beta": {"dpo": dpo["beta"], "simpo": simpo["beta"]},
+            "sft_weight": {"dpo": dpo["sft_weight"], "simpo": simpo["sft_weight"]}}
 
 
 def summary(seeds: list[dict]) -> dict:

@@ -198,6 +198,20 @@ def _pm(stats: dict, digits: int = 4) -> str:
     return text if stats["std"] is None else f"{text} ± {stats['std']:,.{digits}f}"
 
 
+def _sft_term(seed: dict) -> str:
+    """The SFT term's weights of one seed's DPO and SimPO runs (records before it existed had none)."""
+    weights = seed.get("sft_weight") or {"dpo": 0.0, "simpo": 0.0}
+    if not any(weights.values()):
+        return "no SFT term"
+    return f"SFT term weight {weights['dpo']:g} for DPO (RPO), {weights['simpo']:g} for SimPO (CPO-SimPO)"
+
+
+def _precisions(seed: dict) -> str:
+    """The precision the runs trained at (records before it was kept say nothing)."""
+    found = sorted({job.get("precision") for job in seed["jobs"].values()} - {None})
+    return f"precision {' and '.join(found)}" if found else "precision not recorded"
+
+
 def preference_section(records: list[dict]) -> str:
     """bench/preference.py's records, newest first: each model's held-out figures over the seeds, and the cost."""
     out = ["## Preference tuning", "",
@@ -212,7 +226,8 @@ def preference_section(records: list[dict]) -> str:
         out += [f"### {r['date']}: {machine_text(r['machine'])}", "",
                 f"Seeds {', '.join(map(str, seeds))}; {first['held_out_articles']} held-out articles, "
                 f"{first['held_out_pairs']} held-out pairs, {first['train_pairs']} training pairs; DPO beta "
-                f"{first['beta']['dpo']:g}, SimPO beta {first['beta']['simpo']:g}; commit `{r.get('commit') or '?'}`, "
+                f"{first['beta']['dpo']:g}, SimPO beta {first['beta']['simpo']:g}; {_sft_term(first)}; "
+                f"{_precisions(first)}; commit `{r.get('commit') or '?'}`, "
                 f"record `{r['file']}`. Commands: `{r['commands']['sft']}`, then `{r['commands']['dpo']}` and "
                 f"`{r['commands']['simpo']}`.", "",
                 "| model | ROUGE-L of its headlines | likelihood accuracy on held-out pairs |", "|---|---|---|"]
