@@ -65,11 +65,14 @@ LEARNER_JUPYTER := $(VENV)/etc/ftlib-learner-jupyter
 learner-config: setup
 	JUPYTER_CONFIG_DIR=$(abspath $(LEARNER_JUPYTER)) bash binder/learner-extensions.sh user >/dev/null
 
+# Both run Jupyter through binder/start, as Binder does (TCMalloc, the oneDNN cache cap: the memory
+# the course's figures were measured with; offline and quiet), with every core of this machine.
+AS_BINDER := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-$$(nproc)} bash binder/start
 lab: learner-config
-	JUPYTER_CONFIG_DIR=$(abspath $(LEARNER_JUPYTER)) $(BIN)/jupyter lab --notebook-dir=course
+	JUPYTER_CONFIG_DIR=$(abspath $(LEARNER_JUPYTER)) $(AS_BINDER) $(BIN)/jupyter lab --notebook-dir=course
 
 lab-instructor: setup
-	$(BIN)/jupyter lab
+	$(AS_BINDER) $(BIN)/jupyter lab
 
 # Regenerate the learner notebooks (course/) from the instructor sources (solutions/).
 course: setup

@@ -124,3 +124,30 @@ def test_make_lab_shows_learners_validate_but_not_the_instructors_panels(tmp_pat
     user_level = server.split(str(conf), 1)[1].split("config dir:", 1)[0]
     assert re.search(r"nbgrader\.server_extensions\.formgrader disabled", user_level), server
     assert "validate_assignment disabled" not in server, server
+
+
+def test_make_lab_runs_jupyter_as_binder_does_with_this_machines_cores(tmp_path):
+    """`make lab` started Jupyter under glibc's malloc: notebook 11 peaked ~0.3 GB above what Binder
+    and the course's measurements (TCMalloc, the oneDNN cap) show. It now goes through binder/start,
+    keeping the machine's own core count (one core here: taskset), not Binder's 2."""
+    import shutil
+
+    if shutil.which("make") is None or shutil.which("taskset") is None:
+        pytest.skip("needs make and taskset")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "jupyter").write_text('#!/bin/sh\nenv\necho "ARGS $*"\n')
+    (fake / "jupyter").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                             "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "MAKEFLAGS")}
+    for target, args in (("lab", "ARGS lab --notebook-dir=course"), ("lab-instructor", "ARGS lab")):
+        # -o: leave the real set-up and learner config alone; the fake jupyter prints what it was given.
+        out = subprocess.run(["taskset", "-c", "0", "make", "-s", "-C", str(ROOT), "-o", "setup", "-o",
+                              "learner-config", target, f"BIN={fake}"], env=env, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        assert args in out, out
+        assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY=64" in out and "HF_HUB_OFFLINE=1" in out, out
+        assert "OMP_NUM_THREADS=1" in out and "MKL_NUM_THREADS=1" in out, out
+        tcmalloc = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+        if tcmalloc.exists():
+            assert f"LD_PRELOAD={tcmalloc}" in out, out
