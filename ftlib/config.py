@@ -49,8 +49,13 @@ GENERATIVE_TECHNIQUES = ("lora", "full", *PREFERENCE_TECHNIQUES)
 # term 0.2471: bench/RESULTS.md, "DPO settings tried on one SFT run").
 # activation_checkpointing: a DPO step holds two sequences' activations; recomputing them in the
 # backward pass cut the job's peak from 1,542 to 1,292 MB for 1.5x the training time (same log).
-PREFERENCE = {"technique": "dpo", "batch_size": 1, "sft_weight": 1.0, "activation_checkpointing": True}
-PREFERENCE_JOB = {"batch_size": PREFERENCE["batch_size"]}
+# precision: fp32, not the generative job's auto. On a CPU with avx512_bf16 but no AMX (AMD EPYC
+# Zen 4), one DPO run (seed 0, the SFT term, checkpointing) under bf16 autocast peaked at 2,522 MB
+# and trained in 264 s; in fp32, 1,294 MB and 345 s, the same figures otherwise (bench/RESULTS.md,
+# "Preference tuning at bf16 and fp32"). --precision auto or bf16 still chooses bf16.
+PREFERENCE = {"technique": "dpo", "batch_size": 1, "sft_weight": 1.0, "activation_checkpointing": True,
+              "precision": "fp32"}
+PREFERENCE_JOB = {"batch_size": PREFERENCE["batch_size"], "precision": PREFERENCE["precision"]}
 # Registered chat data sets whose preference pairs are built by self-play (chosen: the real answer;
 # rejected: the starting model's own), as they are for your own instruction data.
 SELF_PLAY_DATASETS = ("bbc-headlines",)
