@@ -19,7 +19,7 @@ likely of the pair (summed log-probability). Writes
 ``bench/records/preference-<date>-<cpu>.json``; ``scripts/write_results.py`` turns it into
 bench/RESULTS.md's "Preference tuning" section.
 
-    .venv/bin/python bench/preference.py               # 3 seeds, about 25 minutes each on 2 cores
+    .venv/bin/python bench/preference.py               # 3 seeds, 25-35 minutes each on 2 cores
     .venv/bin/python bench/preference.py --seeds 0     # one seed
     .venv/bin/python bench/preference.py --data chats.jsonl   # your instruction data (a record in a temporary folder)
 
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                      "simpo": " ".join(["ftlib finetune", *base, "--technique", "simpo", "--from", "<the SFT run>"])},
         "seeds": [],
     }
+    # Only the registered figures (the default model on bbc-headlines) go to bench/records by default.
+    registered = args.model == MODEL and args.data is None
+    out = args.out or (RECORDS if registered else Path(tempfile.mkdtemp(prefix="ftlib-preference-record-")))
     work = Path(tempfile.mkdtemp(prefix="ftlib-preference-"))
     try:
         for seed in args.seeds:
@@ -156,13 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, job in result["jobs"].items():
                 print(f"  {name:6s} training {job['training_seconds']:.0f} s, whole run {job['wall_seconds']:.0f} s, "
                       f"peak {job['peak_memory_mb']:,.0f} MB", flush=True)
+            # After every seed (about half an hour each): a stopped run keeps the seeds it finished.
+            record["summary"] = summary(record["seeds"])
+            record["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            write_record(record, out, "preference")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    record["summary"] = summary(record["seeds"])
-    # Only the registered figures (the default model on bbc-headlines) go to bench/records by default.
-    registered = args.model == MODEL and args.data is None
-    out = args.out or (RECORDS if registered else Path(tempfile.mkdtemp(prefix="ftlib-preference-record-")))
-    write_record(record, out, "preference")
     print("now run scripts/write_results.py")
     return 0
 

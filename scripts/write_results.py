@@ -250,11 +250,12 @@ def preference_section(records: list[dict]) -> str:
 
 
 def load_bench_records(kind: str, folder: Path = RECORDS) -> list[dict]:
-    """One bench script's records (``<kind>-*.json``: decoding, preference), newest first."""
+    """One bench script's records (``<kind>-*.json``: decoding, preference), newest first: by date,
+    then by the time a record was written (``finished``; older records have none), then by name."""
     records = []
     for path in sorted(folder.glob(f"{kind}-*.json")):
         records.append({**json.loads(path.read_text(encoding="utf-8")), "file": path.name})
-    return sorted(records, key=lambda r: (r["date"], r["file"]), reverse=True)
+    return sorted(records, key=lambda r: (r["date"], r.get("finished", ""), r["file"]), reverse=True)
 
 
 def replace_between(text: str, body: str, where: str, begin: str = BEGIN, end: str = END) -> str:

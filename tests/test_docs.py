@@ -8,6 +8,7 @@
 * Every relative link of README.md, docs/*.md and bench/RESULTS.md names an existing file.
 * Every `make TARGET` the README shows is a target of the Makefile.
 """
+import json
 import re
 from pathlib import Path
 
@@ -181,3 +182,15 @@ def test_a_text_job_over_seeds_shows_its_mean_std_and_each_seed():
     section = write_results.results_section([new, old])
     assert "| 0 | 0.1450 (0.136-0.155) | 0.2360 (0.218-0.254) | +0.0910 (+0.074 to +0.107) | 0.2560 / 0.0525 " \
            "| 5.8 / 5.3 (zero-shot 17.1) | 200 s | 1,400 MB |" in section, section
+
+
+def test_of_two_bench_records_of_one_day_the_one_written_last_is_newest(tmp_path):
+    """Two preference records of one date (an Intel one, then an AMD one) were ordered by file name,
+    so the README showed the older run."""
+    write_results = _write_results()
+    for name, finished in (("preference-2026-12-07-amd-epyc.json", "2026-12-07T19:00:00+00:00"),
+                           ("preference-2026-12-07-intel-r-xeon-r-processor.json", None)):
+        record = {"date": "2026-12-07", **({"finished": finished} if finished else {})}
+        (tmp_path / name).write_text(json.dumps(record))
+    files = [r["file"] for r in write_results.load_bench_records("preference", tmp_path)]
+    assert files == ["preference-2026-12-07-amd-epyc.json", "preference-2026-12-07-intel-r-xeon-r-processor.json"]
