@@ -116,9 +116,12 @@ def readme_table(records: list[dict], preference: list[dict] = ()) -> str:
                     f"record `{record['file']}`).")
     if preference:
         p = preference[0]
+        old = "" if any(p["seeds"][0].get("sft_weight", {}).values()) else \
+            ": the job before its SFT term, which now stops this collapse (bench/RESULTS.md)"
         rows.append(f"SFT, then DPO: measured on {p['date']} on {machine_text(p['machine'])} (`bench/preference.py`, "
-                    f"record `{p['file']}`); likelihood accuracy: how often the real headline is the more likely "
-                    f"of a held-out pair against the SFT model's own.")
+                    f"record `{p['file']}`; {_sft_term(p['seeds'][0])}, {_precisions(p['seeds'][0])}{old}); likelihood "
+                    f"accuracy: how often the real headline is the more likely of a held-out pair against the SFT "
+                    f"model's own.")
     if any("test_rougeL" in job for job, _ in jobs.values()):
         rows.append("ROUGE-L: the F1 of the longest common word subsequence with the real headline "
                     "(`ftlib.generative.metrics`); ± is the standard deviation over the seeds.")
