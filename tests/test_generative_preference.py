@@ -238,7 +238,7 @@ def test_the_sft_term_adds_the_chosen_answers_nll_per_token(tiny, method):
 def test_the_sft_term_keeps_the_chosen_answers_likely(tiny):
     """Plain DPO may win the margin by making both answers unlikely; the SFT term holds the chosen up."""
     model, tokenizer = tiny
-    chosen_logprob = {}
+    chosen_reward = {}
     for weight in (0.0, 1.0):
         lora = _lora(model, std=0.0)
         pairs = pref.with_reference(lora, _pairs(tokenizer), tokenizer.pad_token_id)
@@ -251,7 +251,7 @@ def test_the_sft_term_keeps_the_chosen_answers_likely(tiny):
         with torch.no_grad():
             rewards = torch.cat([policy(**{k: v for k, v in b.items() if k != "labels"})
                                  for b in pref.PreferenceLoader(pairs, tokenizer.pad_token_id, batch_size=4)])
-        chosen_logprob[weight] = rewards[:, 0].mean().item()  # beta x (policy - reference) of the chosen
+        chosen_reward[weight] = rewards[:, 0].mean().item()  # beta x (policy - reference) of the chosen answers
         model = lora.unload()  # the adapter off and away: the next run starts from the same weights
-    assert chosen_logprob[1.0] > chosen_logprob[0.0] + 0.05, chosen_logprob
-    assert chosen_logprob[1.0] > 0  # with the term, the real answers became more likely than under the reference
+    assert chosen_reward[1.0] > chosen_reward[0.0] + 0.05, chosen_reward
+    assert chosen_reward[1.0] > 0  # with the term, the real answers became more likely than under the reference
