@@ -31,6 +31,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -43,10 +44,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from headline import ROOT, RECORDS, machine, write_record  # noqa: E402
 
+from ftlib.generative.metrics import words  # noqa: E402
+
 SEEDS = (0, 1, 2)
 MODEL = "smollm2-135m"
 DATASET = ["--dataset", "bbc-headlines"]
 ROWS = ("start", "sft", "dpo", "simpo")
+# A phrase in quotation marks: 'set to sell off film unit' or "..."; not an apostrophe (Japan's, 's).
+QUOTED = re.compile(r"""(?:^|(?<=\s))(?:'(?:[^']|(?<=\w)'(?=\w))+'|"[^"]+"|\u2018[^\u2019]+\u2019|\u201c[^\u201d]+\u201d)(?=$|[\s,.:;?!])""")
+
+
+def headline_style(texts: list[str]) -> dict:
+    """How a set of headlines is written: mean words per headline, and the share with a quoted phrase.
+
+    BBC headlines quote a source in about one in six; a model that learned the quotation marks
+    instead of the news quotes far more (SimPO's seed 0 on 2026-12-07: 92%). ROUGE-L against
+    the real headlines does not show why a score fell; this does.
+    """
+    if not texts:
+        raise ValueError("headline_style needs at least one headline.")
+    return {"words": statistics.fmean(len(words(t)) for t in texts),  # as ROUGE counts them
+            "quoted_share": sum(bool(QUOTED.search(t)) for t in texts) / len(texts)}
+
+
+def run_style(run: Path, key: str) -> dict:
+    """:func:`headline_style` of the headlines one run wrote (``key`` of its examples.json)."""
+    examples = json.loads((run / "examples.json").read_text(encoding="utf-8"))
+    return headline_style([e[key] for e in examples])
 
 
 def finetune(args: list[str], out: Path) -> dict:
@@ -104,7 +128,11 @@ def one_seed(base: list[str], seed: int, work: Path) -> dict:
         rows[name] = {"rougeL": m["test"]["rouge"]["rougeL"], "likelihood_accuracy": m["test"]["likelihood_accuracy"],
                       "per_token_accuracy": m["test"]["per_token_accuracy"], "logprob_lead": m["test"]["logprob_lead"]}
     rows["dpo"].update({k: dpo["test"][k] for k in ("accuracy", "margin", "chosen_reward", "rejected_reward")})
-    return {"seed": seed, "rows": rows, "held_out_pairs": dpo["test"]["num_pairs"],
+    for row, run, key in (("start", sft_out, "zero_shot"), ("sft", sft_out, "fine_tuned"),
+                          ("dpo", work / f"dpo-{seed}", "after"), ("simpo", work / f"simpo-{seed}", "after")):
+        rows[row].update(run_style(run, key))
+    return {"seed": seed, "rows": rows, "real_headlines": run_style(sft_out, "reference"),
+            "held_out_pairs": dpo["test"]["num_pairs"],
             "held_out_articles": sft["test_size"], "train_pairs": dpo["train_size"],
             "start_scoring_peak_memory_mb": start["peak_memory_mb"],
             "jobs": {"sft": _job(sft), "dpo": _job(dpo), "simpo": _job(simpo)},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -215,6 +216,37 @@ def _precisions(seed: dict) -> str:
     return f"precision {' and '.join(found)}" if found else "precision not recorded"
 
 
+def _preference_table(record: dict) -> list[str]:
+    """Each model's ROUGE-L and likelihood accuracy; with how its headlines are written where the
+    record keeps it (words per headline, share with a quoted phrase; the real headlines' too)."""
+    rows = record["summary"]["rows"]
+    styled = "quoted_share" in rows["start"]
+    head = "| model | ROUGE-L of its headlines | likelihood accuracy on held-out pairs |"
+    out = [head + (" words per headline | headlines with a quoted phrase |" if styled else ""),
+           "|---|---|---|" + ("---|---|" if styled else "")]
+    if styled:
+        real = {key: _stats([s["real_headlines"][key] for s in record["seeds"]]) for key in ("words", "quoted_share")}
+        out.append(f"| the real headlines | | | {_pm(real['words'], 1)} | {_pm_percent(real['quoted_share'])} |")
+    for name, label in PREFERENCE_ROWS.items():
+        row = rows[name]
+        line = f"| {label} | {_pm(row['rougeL'])} | {_pm(row['likelihood_accuracy'], 3)} |"
+        if styled:
+            line += f" {_pm(row['words'], 1)} | {_pm_percent(row['quoted_share'])} |"
+        out.append(line)
+    return out
+
+
+def _stats(values: list[float]) -> dict:
+    """``{"mean", "std"}`` as bench/preference.py summarises a figure over seeds (no std for one)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def _pm_percent(stats: dict) -> str:
+    """A share's ``mean ± std`` over the seeds in percent."""
+    text = f"{stats['mean']:.0%}"
+    return text if stats["std"] is None else f"{text} ± {stats['std'] * 100:.0f}"
+
+
 def preference_section(records: list[dict]) -> str:
     """bench/preference.py's records, newest first: each model's held-out figures over the seeds, and the cost."""
     out = ["## Preference tuning", "",
@@ -233,11 +265,8 @@ def preference_section(records: list[dict]) -> str:
                 f"{_precisions(first)}; commit `{r.get('commit') or '?'}`, "
                 f"record `{r['file']}`. Commands: `{r['commands']['sft']}`, then `{r['commands']['dpo']}` and "
                 f"`{r['commands']['simpo']}`.", "",
-                "| model | ROUGE-L of its headlines | likelihood accuracy on held-out pairs |", "|---|---|---|"]
-        rows = r["summary"]["rows"]
-        for name, label in PREFERENCE_ROWS.items():
-            out.append(f"| {label} | {_pm(rows[name]['rougeL'])} | {_pm(rows[name]['likelihood_accuracy'], 3)} |")
-        dpo = rows["dpo"]
+                *_preference_table(r)]
+        dpo = r["summary"]["rows"]["dpo"]
         out += ["", f"DPO's held-out implicit rewards: preference accuracy {_pm(dpo['accuracy'], 3)}, margin "
                     f"{_pm(dpo['margin'], 3)} (chosen {_pm(dpo['chosen_reward'], 3)}, rejected "
                     f"{_pm(dpo['rejected_reward'], 3)}).", "",

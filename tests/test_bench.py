@@ -50,3 +50,23 @@ def test_a_benchmark_that_cannot_run_here_is_reported_skipped_not_ok():
     assert r.returncode == run_all.SKIPPED and r.stdout.startswith("SKIPPED: TRL is not installed"), r
     assert run_all.result(r.returncode) == "skipped (see its output)"
     assert run_all.result(0) == "ok" and run_all.result(1) == "FAILED (1)"
+
+
+def test_headline_style_counts_quoted_phrases_not_apostrophes():
+    """SimPO learned the BBC's quotation marks instead of the news (seed 0 of 2026-12-07: 91% of its
+    headlines quoted a phrase, the real ones 16%); ROUGE-L alone did not say so."""
+    import preference
+
+    quoted = ["Rank 'set to sell off film unit'", "Japan's beer market 'on the rise'", "'Japan's beer' sales",
+              'Minister says "no" to the plan', "\u2018Quoted\u2019 here"]
+    plain = ["Peugeot deal boosts Mitsubishi", "Japan's beer market grows", "Mitsubishi 's new deal",
+             "workers' pay rises", "Shares fall 5%"]
+    assert [bool(preference.QUOTED.search(t)) for t in quoted] == [True] * len(quoted)
+    assert [bool(preference.QUOTED.search(t)) for t in plain] == [False] * len(plain)
+    style = preference.headline_style(quoted[:1] + plain[:3])
+    assert style["quoted_share"] == 0.25
+    # Words as ROUGE counts them (ftlib.generative.metrics.words), so they match the job's own figure.
+    from ftlib.generative.metrics import words
+    assert style["words"] == sum(len(words(t)) for t in quoted[:1] + plain[:3]) / 4
+    with pytest.raises(ValueError, match="at least one headline"):
+        preference.headline_style([])

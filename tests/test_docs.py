@@ -194,3 +194,37 @@ def test_of_two_bench_records_of_one_day_the_one_written_last_is_newest(tmp_path
         (tmp_path / name).write_text(json.dumps(record))
     files = [r["file"] for r in write_results.load_bench_records("preference", tmp_path)]
     assert files == ["preference-2026-12-07-amd-epyc.json", "preference-2026-12-07-intel-r-xeon-r-processor.json"]
+
+
+def test_a_preference_record_with_headline_style_shows_it_beside_the_real_headlines():
+    """Records from bench/preference.py keep how each model's headlines are written; older ones do not."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import preference
+
+    write_results = _write_results()
+    row = {"rougeL": 0.25, "likelihood_accuracy": 0.05}
+    styled = {"words": 6.0, "quoted_share": 0.2}
+    seeds = []
+    for seed, simpo_quoted in ((0, 0.9), (1, 0.7)):
+        rows = {name: {**row, **styled} for name in preference.ROWS}
+        rows["simpo"]["quoted_share"] = simpo_quoted
+        rows["dpo"].update(accuracy=0.8, margin=0.25, chosen_reward=-0.06, rejected_reward=-0.31)
+        job = {"training_seconds": 300.0, "wall_seconds": 700.0, "peak_memory_mb": 1280.0, "precision": "fp32"}
+        seeds.append({"seed": seed, "rows": rows, "real_headlines": {"words": 5.3, "quoted_share": 0.16},
+                      "held_out_pairs": 200, "held_out_articles": 200, "train_pairs": 160,
+                      "jobs": {"sft": job, "dpo": job, "simpo": job}, "beta": {"dpo": 0.1, "simpo": 2.0},
+                      "sft_weight": {"dpo": 1.0, "simpo": 1.0}})
+    machine = {"cpu": "Some CPU", "family": "6", "model": "1", "flags": ["avx2"], "cores": 2, "torch": "2"}
+    record = {"date": "2030-01-01", "file": "preference-a.json", "machine": machine, "commit": "abc",
+              "commands": {"sft": "a", "dpo": "b", "simpo": "c"}, "seeds": seeds, "summary": preference.summary(seeds)}
+    section = write_results.preference_section([record])
+    assert "| the real headlines | | | 5.3 ± 0.0 | 16% ± 0 |" in section, section
+    assert "| after SFT, then SimPO (no reference) | 0.2500 ± 0.0000 | 0.050 ± 0.000 | 6.0 ± 0.0 | 80% ± 14 |" \
+        in section, section
+    for seed in seeds:  # a record from before the style was kept: the table as it was
+        seed.pop("real_headlines")
+        for r in seed["rows"].values():
+            del r["words"], r["quoted_share"]
+    old = write_results.preference_section([{**record, "summary": preference.summary(seeds)}])
+    assert "quoted" not in old and "| after SFT, then SimPO (no reference) | 0.2500 ± 0.0000 | 0.050 ± 0.000 |\n" in old
