@@ -142,7 +142,8 @@ _TECHNIQUE_FLAGS = {"alpha": ("l2sp", "alpha"), "layer_decay": ("discriminative"
                     "lora_rank": ("lora", "r"), "frozen_blocks": ("partial", "frozen_blocks")}
 # A generative model's preference tuning (ftlib.generative.preference and ftlib.config.PREFERENCE
 # hold the defaults); a flag may apply to several techniques.
-_PREFERENCE_FLAGS = {"beta": ("dpo", "beta"), "sft_weight": (("dpo", "simpo"), "sft_weight")}
+_PREFERENCE_FLAGS = {"beta": (("dpo", "simpo"), "beta"), "gamma": ("simpo", "gamma"),
+                     "sft_weight": (("dpo", "simpo"), "sft_weight")}
 
 
 def _technique_options(args, techniques: list[str]) -> dict[str, dict]:
@@ -394,8 +395,12 @@ def _add_technique_flags(parser: argparse.ArgumentParser) -> None:
                         help="partial: how many blocks from the bottom stay frozen "
                              f"(default {default['frozen_blocks']}: the embeddings)")
     parser.add_argument("--beta", type=_positive_float,
-                        help="dpo: how far the policy may move from the reference for a margin (smaller: farther; "
-                             "default: the DPO paper's, ftlib.generative.preference.DPO_BETA)")
+                        help="dpo: how far the policy may move from the reference for a margin (smaller: farther); "
+                             "simpo: the scale of its reward, the mean log-probability per token (default: the "
+                             "papers', ftlib.generative.preference.DPO_BETA and SIMPO_BETA)")
+    parser.add_argument("--gamma", type=_non_negative_float,
+                        help="simpo: the target margin between the chosen and rejected rewards (default: the "
+                             "paper's, ftlib.generative.preference.SIMPO_GAMMA)")
     parser.add_argument("--sft-weight", type=_non_negative_float,
                         help="dpo, simpo: weight of an SFT term on the chosen answers, which keeps them likely "
                              f"(RPO; CPO-SimPO); 0 for the papers' losses alone (default {PREFERENCE['sft_weight']})")

@@ -170,13 +170,14 @@ def finetune_preferences(cfg, *, log=print) -> dict:
     """Run the preference job for a resolved :class:`ftlib.config.FinetuneConfig` (technique dpo or simpo)."""
     from ftlib.data.pairs import load_pairs, looks_like_pairs, split_pairs
     from ftlib.generative import sft
-    from ftlib.generative.preference import PreferenceLoader, PreferenceModel, with_reference
+    from ftlib.generative.preference import SIMPO_GAMMA, PreferenceLoader, PreferenceModel, with_reference
 
     job = GenerativeJob(cfg, log, adapter_from=cfg.from_run)
     tokenizer, log = job.tokenizer, job.log
     method = cfg.technique
     beta = float(cfg.technique_options.get("beta", PreferenceModel.default_beta(method)))
     sft_weight = float(cfg.technique_options.get("sft_weight", PREFERENCE["sft_weight"]))
+    gamma = float(cfg.technique_options.get("gamma", SIMPO_GAMMA))
 
     reference_texts = None
     if cfg.data is None or not looks_like_pairs(cfg.data):  # self-play pairs of instruction data
@@ -229,7 +230,7 @@ def finetune_preferences(cfg, *, log=print) -> dict:
         train_pairs, val_pairs, test_pairs = (with_reference(job.model, p, tokenizer.pad_token_id,
                                                              batch_size=2 * cfg.batch_size)
                                               for p in (train_pairs, val_pairs, test_pairs))
-    policy = PreferenceModel(job.model, method=method, beta=beta, sft_weight=sft_weight)
+    policy = PreferenceModel(job.model, method=method, beta=beta, gamma=gamma, sft_weight=sft_weight)
     train_loader = PreferenceLoader(train_pairs, tokenizer.pad_token_id, batch_size=cfg.batch_size, shuffle=True,
                                     seed=cfg.seed)
     val_loader = PreferenceLoader(val_pairs, tokenizer.pad_token_id, batch_size=2 * cfg.batch_size)
@@ -275,7 +276,8 @@ def finetune_preferences(cfg, *, log=print) -> dict:
     splits = SimpleNamespace(train=train_pairs, val=val_pairs, test=test_pairs)
     test = {**after, "rouge": after_rouge}
     metrics = {**job.metrics(splits, history, test, before={**before, "rouge": before_rouge}, method=method,
-                             beta=beta, sft_weight=sft_weight, from_run=cfg.from_run, skipped_too_long=skipped, pairs=pairs_folder),
+                             beta=beta, gamma=gamma if method == "simpo" else None, sft_weight=sft_weight,
+                             from_run=cfg.from_run, skipped_too_long=skipped, pairs=pairs_folder),
                "steps": policy.steps}
     written = job.save()
     return job.finish(metrics, history, test, None, written, str(job.run.out / "preference_curves.png"))

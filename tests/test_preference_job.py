@@ -141,12 +141,16 @@ def test_cli_dpo_takes_beta_and_from(tmp_path, cache, capsys):
     assert code == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["beta"] == 0.3
     assert "After, on the 3 held-out pairs" in capsys.readouterr().out
-    code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--technique", "simpo", "--beta", "0.3",
-                 "--quiet", "--out", str(tmp_path / "x")])
-    assert code == 2 and "--beta applies to the 'dpo' technique" in capsys.readouterr().err
+    code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--gamma", "1", "--quiet",
+                 "--out", str(tmp_path / "x")])
+    assert code == 2 and "--gamma applies to the 'simpo' technique" in capsys.readouterr().err
+    # SimPO's own beta and target margin, for a search of its settings (bench/preference_settings.py).
     code = main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--technique", "simpo", "--sft-weight", "0",
-                 "--val-size", "3", "--test-size", "3", "--max-length", "200", "--quiet", "--out", str(tmp_path / "s")])
-    assert code == 0 and json.loads((tmp_path / "s" / "metrics.json").read_text())["sft_weight"] == 0.0
+                 "--beta", "2.5", "--gamma", "1.25", "--val-size", "3", "--test-size", "3", "--max-length", "200",
+                 "--quiet", "--out", str(tmp_path / "s")])
+    saved = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert code == 0 and (saved["sft_weight"], saved["beta"], saved["gamma"]) == (0.0, 2.5, 1.25)
+    assert "SimPO, beta 2.5, margin 1.25" in capsys.readouterr().out
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         main(["finetune", "--model", "tiny-llama", "--data", str(pairs), "--sft-weight", "-1", "--quiet"])
