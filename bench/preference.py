@@ -62,7 +62,7 @@ def headline_style(texts: list[str]) -> dict:
 
     The real BBC headlines quote a phrase in about one in eight. ROUGE-L against them says that a
     model's headlines got worse, not how; SimPO's, at the job's defaults, quoted a phrase in 91%
-    and 43% of them in two of three seeds (bench/RESULTS.md, "Preference tuning").
+    and 42% of them in two of three seeds (bench/RESULTS.md, "Preference tuning").
     """
     if not texts:
         raise ValueError("headline_style needs at least one headline.")
@@ -151,7 +151,10 @@ def summary(seeds: list[dict]) -> dict:
     rows = {row: {key: stats([s["rows"][row][key] for s in seeds]) for key in seeds[0]["rows"][row]} for row in ROWS}
     jobs = {job: {key: stats([s["jobs"][job][key] for s in seeds])
                   for key in ("training_seconds", "wall_seconds", "peak_memory_mb")} for job in seeds[0]["jobs"]}
-    return {"rows": rows, "jobs": jobs}
+    out = {"rows": rows, "jobs": jobs}
+    if "real_headlines" in seeds[0]:  # records from before headline_style have none
+        out["real_headlines"] = {key: stats([s["real_headlines"][key] for s in seeds]) for key in seeds[0]["real_headlines"]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -219,13 +218,12 @@ def _precisions(seed: dict) -> str:
 def _preference_table(record: dict) -> list[str]:
     """Each model's ROUGE-L and likelihood accuracy; with how its headlines are written where the
     record keeps it (words per headline, share with a quoted phrase; the real headlines' too)."""
-    rows = record["summary"]["rows"]
-    styled = "quoted_share" in rows["start"]
+    rows, real = record["summary"]["rows"], record["summary"].get("real_headlines")
+    styled = real is not None
     head = "| model | ROUGE-L of its headlines | likelihood accuracy on held-out pairs |"
     out = [head + (" words per headline | headlines with a quoted phrase |" if styled else ""),
            "|---|---|---|" + ("---|---|" if styled else "")]
     if styled:
-        real = {key: _stats([s["real_headlines"][key] for s in record["seeds"]]) for key in ("words", "quoted_share")}
         out.append(f"| the real headlines | | | {_pm(real['words'], 1)} | {_pm_percent(real['quoted_share'])} |")
     for name, label in PREFERENCE_ROWS.items():
         row = rows[name]
@@ -234,11 +232,6 @@ def _preference_table(record: dict) -> list[str]:
             line += f" {_pm(row['words'], 1)} | {_pm_percent(row['quoted_share'])} |"
         out.append(line)
     return out
-
-
-def _stats(values: list[float]) -> dict:
-    """``{"mean", "std"}`` as bench/preference.py summarises a figure over seeds (no std for one)."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def _pm_percent(stats: dict) -> str:
